@@ -1,0 +1,235 @@
+"""One training phase on ranked lists: the reranker → retriever distillation step of LarPO.
+
+The reference policy is frozen inside a phase, so its log-probs are computed once, without
+autograd, and cached: no second model sits in memory while the policy trains. Each optimizer
+step takes ``batch_size`` lists over all processes; every micro-batch puts all m responses of its
+lists through the policy in one forward pass; γ = β·(log π − log π_ref); the loss is the mean
+over the step's lists of the per-list ranking loss, exactly, however the step is split into
+processes and micro-batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from torch import nn
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
+
+from .config import TrainConfig
+from .encoding import encode_prompt, encode_response
+from .io import append_jsonl
+from .lists import RankedList
+from .logprobs import collate_pairs, sequence_logps
+from .losses import get_loss
+
+
+@dataclass(frozen=True)
+class EncodedList:
+    """A ranked list as token ids: one prompt, m responses best first, and their rewards."""
+
+    prompt_ids: list[int]
+    response_ids: list[list[int]]
+    rewards: list[float]
+
+
+@dataclass
+class PhaseResult:
+    steps: int
+    losses: list[float]  # mean loss of each optimizer step
+    ref_logps: Sequence[torch.Tensor]  # per list: [m] reference log-probs, float32, on the CPU
+
+
+def encode_lists(tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList]) -> list[EncodedList]:
+    return [
+        EncodedList(
+            prompt_ids=encode_prompt(tokenizer, rl.prompt),
+            response_ids=[encode_response(tokenizer, r) for r in rl.responses],
+            rewards=list(rl.rewards),
+        )
+        for rl in lists
+    ]
+
+
+def make_accelerator(cfg: TrainConfig) -> Accelerator:
+    """The run's Accelerator: one process or many (launched by accelerate/torchrun), CPU or GPU."""
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+
+
+def _flat_pairs(batch: Sequence[EncodedList]) -> list[tuple[list[int], list[int]]]:
+    return [(el.prompt_ids, r) for el in batch for r in el.response_ids]
+
+
+def _to_matrix(flat: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scatter a flat [Σm] vector into a right-padded [B, max m] matrix and its mask."""
+    width = max(sizes)
+    mask = torch.arange(width, device=flat.device)[None, :] < torch.tensor(sizes, device=flat.device)[:, None]
+    out = flat.new_zeros(len(sizes), width)
+    out[mask] = flat
+    return out, mask
+
+
+def reference_logps(
+    model: nn.Module,
+    encoded: Sequence[EncodedList],
+    pad_id: int,
+    batch_size: int,
+    accelerator: Accelerator,
+    progress: bool = False,
+) -> list[torch.Tensor]:
+    """log π_ref of every response of every list, without autograd, sharded over processes.
+
+    Returns one float32 CPU tensor [m] per list, in the order of ``encoded``, on every process.
+    """
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = list(range(rank, len(encoded), world))
+    pairs = [(i, el.prompt_ids, r) for i in mine for el in [encoded[i]] for r in el.response_ids]
+    was_training = model.training
+    model.eval()
+    flat: list[torch.Tensor] = []
+    bar = tqdm(total=len(pairs), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
+    with torch.no_grad(), accelerator.autocast():
+        for start in range(0, len(pairs), batch_size):
+            chunk = pairs[start : start + batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in collate_pairs([(p, r) for _, p, r in chunk], pad_id).items()}
+            flat.append(sequence_logps(model, batch).float().cpu())
+            bar.update(len(chunk))
+    bar.close()
+    model.train(was_training)
+    values = torch.cat(flat) if flat else torch.zeros(0)
+    local, offset = {}, 0
+    for i in mine:
+        m = len(encoded[i].response_ids)
+        local[i] = values[offset : offset + m]
+        offset += m
+    merged: dict[int, torch.Tensor] = {}
+    for part in gather_object([local]) if world > 1 else [local]:
+        merged.update(part)
+    return [merged[i] for i in range(len(encoded))]
+
+
+def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
+    """[correct pairs, pairs, Σ margin] over the pairs the reranker orders strictly.
+
+    gamma, rewards: [B, m]; mask: [B, m]. A pair (i, j) with reward_i > reward_j is correct when
+    γ_i > γ_j; the margin is γ_i − γ_j. Returns a float64 tensor [3] (sums, for reduction).
+    """
+    ordered = (rewards[:, :, None] > rewards[:, None, :]) & mask[:, :, None] & mask[:, None, :]
+    diff = (gamma[:, :, None] - gamma[:, None, :]).detach().double()
+    return torch.stack([(ordered & (diff > 0)).sum().double(), ordered.sum().double(), diff[ordered].sum()])
+
+
+def _list_losses(
+    model: nn.Module,
+    batch: Sequence[EncodedList],
+    ref: Sequence[torch.Tensor],
+    loss_fn,
+    beta: float,
+    pad_id: int,
+    device: torch.device,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
+    sizes = [len(el.response_ids) for el in batch]
+    inputs = {k: v.to(device) for k, v in collate_pairs(_flat_pairs(batch), pad_id).items()}
+    policy, mask = _to_matrix(sequence_logps(model, inputs), sizes)
+    reference, _ = _to_matrix(torch.cat(list(ref)).to(device), sizes)
+    rewards, _ = _to_matrix(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32, device=device), sizes)
+    gamma = beta * (policy - reference)
+    return loss_fn(gamma, mask, rewards), pair_statistics(gamma, mask, rewards)
+
+
+def train_phase(
+    model: nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    lists: Sequence[RankedList],
+    cfg: TrainConfig,
+    accelerator: Accelerator,
+    seed: int = 0,
+    metrics_path: str | Path | None = None,
+    tag: dict | None = None,
+    ref_logps: Sequence[torch.Tensor] | None = None,
+    progress: bool = True,
+) -> PhaseResult:
+    """Train ``model`` in place on ``lists`` for ``cfg.epochs`` epochs; return the step losses.
+
+    ``ref_logps`` (one [m] tensor per list) defaults to the model's own log-probs at the start of
+    the phase (the paper's reference: the policy at the start of the iteration). Each step's
+    metrics (loss, pair accuracy, mean γ margin, grad norm, lr), with ``tag`` merged in, are
+    appended to ``metrics_path`` by the main process.
+    """
+    if not lists:
+        raise ValueError("train_phase needs at least one ranked list")
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    encoded = encode_lists(tokenizer, lists)
+    model.to(accelerator.device)
+    if ref_logps is None:
+        ref_logps = reference_logps(model, encoded, pad_id, cfg.ref_batch_size, accelerator, progress)
+    loss_fn = get_loss(cfg.loss)
+    if cfg.loss == "lambdarank":
+        loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
+
+    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+    total_steps = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+    wrapped, optimizer = accelerator.prepare(model, optimizer)
+    wrapped.train()
+    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+
+    losses: list[float] = []
+    bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
+    for epoch in range(cfg.epochs):
+        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+        for start in range(0, len(order), cfg.batch_size):
+            step_ids = order[start : start + cfg.batch_size]
+            mine = step_ids[rank::world]
+            n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
+            scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
+            totals = torch.zeros(4, dtype=torch.float64, device=device)  # Σ loss, correct, pairs, Σ margin
+            for micro in range(n_micro):
+                ids = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
+                # A process with no list left still runs a zero-weight pass so collectives stay in step.
+                weight = 1.0 if ids else 0.0
+                ids = ids or step_ids[:1]
+                sync = micro == n_micro - 1
+                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
+                    per_list, stats = _list_losses(
+                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg.beta, pad_id, device
+                    )
+                    accelerator.backward(per_list.sum() * (scale * weight))
+                totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
+            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), max_norm)
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
+            loss, correct, pairs, margin = totals.tolist()
+            losses.append(loss / len(step_ids))
+            if metrics_path is not None and accelerator.is_main_process:
+                append_jsonl(metrics_path, {
+                    **(tag or {}),
+                    "epoch": epoch,
+                    "step": len(losses),
+                    "loss": losses[-1],
+                    "pair_accuracy": correct / pairs if pairs else None,
+                    "margin": margin / pairs if pairs else None,
+                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                })
+            bar.update(1)
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+    bar.close()
+    accelerator.wait_for_everyone()
+    accelerator.free_memory()
+    model.eval()
+    return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps)
