@@ -1,0 +1,37 @@
+"""The persistent candidate store: each iteration's scored samples, and memorization across them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from .io import read_jsonl, write_jsonl_atomic
+from .lists import Candidate
+
+FILE = "candidates.jsonl"
+
+
+def iteration_dir(run_dir: str | Path, iteration: int) -> Path:
+    return Path(run_dir) / f"iter_{iteration}"
+
+
+def save_candidates(run_dir: str | Path, iteration: int, candidates: list[Candidate]) -> None:
+    write_jsonl_atomic(iteration_dir(run_dir, iteration) / FILE, (c.to_row() for c in candidates))
+
+
+def load_candidates(run_dir: str | Path, iteration: int) -> list[Candidate]:
+    return [Candidate.from_row(row) for row in read_jsonl(iteration_dir(run_dir, iteration) / FILE)]
+
+
+def remembered(
+    run_dir: str | Path, iteration: int, mode: Literal["none", "previous", "all"], prompt_ids: set[str]
+) -> list[Candidate]:
+    """Earlier iterations' candidates for ``prompt_ids``: none, the previous iteration's, or all.
+
+    Newest first, so that when the current candidates are placed before them and duplicates are
+    dropped, each response keeps its most recent record.
+    """
+    if mode == "none" or iteration == 0:
+        return []
+    earlier = [iteration - 1] if mode == "previous" else list(range(iteration - 1, -1, -1))
+    return [c for s in earlier for c in load_candidates(run_dir, s) if c.prompt_id in prompt_ids]

@@ -1,0 +1,78 @@
+"""Retrieval: K candidate responses per prompt from the current policy (HF ``generate``).
+
+Prompts are encoded with :func:`larpo.encoding.encode_prompt` — the very ids that training
+scores — and left-padded into batches, so a prompt's continuation does not depend on which other
+prompts share its batch.
+"""
+
+from __future__ import annotations
+
+import torch
+from tqdm.auto import tqdm
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from .encoding import decode_response, encode_prompt
+
+
+def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ``input_ids`` [B, T] and ``attention_mask`` [B, T] (1 = real token)."""
+    width = max(len(r) for r in rows)
+    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return input_ids, attention_mask
+
+
+@torch.no_grad()
+def generate(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    k: int,
+    temperature: float,
+    max_new_tokens: int,
+    top_p: float = 1.0,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Return ``k`` decoded responses for each prompt: a list of ``len(prompts)`` lists of ``k`` strings.
+
+    ``temperature == 0`` is greedy decoding (then ``k`` must be 1); otherwise responses are sampled
+    at ``temperature`` with nucleus ``top_p`` and no top-k cut. Each response stops at EOS or after
+    ``max_new_tokens`` tokens. The same ``seed`` gives the same responses; the global RNG is left
+    untouched. The model's train/eval mode is restored afterwards.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature: got {temperature}, expected a non-negative number")
+    if temperature == 0 and k != 1:
+        raise ValueError(f"greedy decoding (temperature 0) gives one response per prompt; got k={k}")
+    if temperature == 0:
+        decoding = {"do_sample": False}
+    else:
+        decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    was_training = model.training
+    model.eval()
+    responses: list[list[str]] = []
+    try:
+        device = model.device
+        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+            torch.manual_seed(seed)
+            starts = range(0, len(prompts), batch_size)
+            for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+                rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
+                input_ids, attention_mask = _left_pad(rows, pad_id)
+                out = model.generate(
+                    input_ids=input_ids.to(device),
+                    attention_mask=attention_mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    num_return_sequences=k,
+                    eos_token_id=tokenizer.eos_token_id,
+                    pad_token_id=pad_id,
+                    **decoding,
+                )  # [b * k, T + new], the k samples of a prompt adjacent
+                texts = [decode_response(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
+                responses.extend(texts[i : i + k] for i in range(0, len(texts), k))
+    finally:
+        model.train(was_training)
+    return responses

@@ -1,0 +1,95 @@
+"""Configs: YAML mirrors the dataclasses, overrides apply, and bad input names the key."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from larpo import config as C
+
+ROOT = Path(__file__).parent.parent
+
+
+def test_configs_default_yaml_is_the_embedded_default():
+    assert C.load(ROOT / "configs" / "default.yaml") == C.Config()
+
+
+def test_dump_and_load_round_trip(tmp_path):
+    cfg = C.load(None, ["train.loss=listmle", "sampling.k=4", "task.operations=['+', '-']", "model.path=/x"])
+    path = tmp_path / "c.yaml"
+    path.write_text(C.dump(cfg))
+    assert C.load(path) == cfg
+    assert (cfg.train.loss, cfg.sampling.k, cfg.task.operations, cfg.model.path) == ("listmle", 4, ["+", "-"], "/x")
+
+
+def test_override_beats_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  beta: 0.5\n  epochs: 3\n")
+    cfg = C.load(path, ["train.beta=0.25"])
+    assert (cfg.train.beta, cfg.train.epochs) == (0.25, 3)
+
+
+def test_ints_and_exponent_notation_are_accepted_where_floats_are_expected(tmp_path):
+    assert C.load(None, ["train.beta=1"]).train.beta == 1.0
+    assert C.load(None, ["train.lr=1e-4"]).train.lr == 1e-4
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  lr: 5e-7\n")
+    assert C.load(path).train.lr == 5e-7
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("train.lossy=1", "train.lossy: unknown key"),
+        ("trian.loss=x", "trian: unknown key"),
+        ("train.loss=hinge", "train.loss: got 'hinge', expected one of"),
+        ("sampling.k=ten", "sampling.k: got 'ten', expected an integer"),
+        ("sampling.k=1", "sampling.k: got 1, expected at least 2"),
+        ("train.beta=-0.1", "train.beta: got -0.1, expected a positive number"),
+        ("sft.enabled=maybe", "sft.enabled: got 'maybe', expected true or false"),
+        ("sampling.top_p=1.5", "sampling.top_p"),
+        ("task.operations=['*']", "task.operations"),
+        ("reranker.kind=hf", "reranker.path: required"),
+        ("train", "expected section.field=value"),
+    ],
+)
+def test_bad_values_name_the_key(override, message):
+    with pytest.raises(C.ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        C.load(None, [override])
+
+
+def test_bad_yaml_names_file_and_line(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("train:\n  beta: 0.1\n  loss: [unclosed\n")
+    with pytest.raises(C.ConfigError, match=r"bad.yaml:\d+: not valid YAML"):
+        C.load(path)
+
+
+def test_error_from_a_file_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: two\n")
+    with pytest.raises(C.ConfigError, match=r"c.yaml: train.epochs: got 'two', expected an integer"):
+        C.load(path)
+
+
+@pytest.mark.parametrize(
+    "args,expected",
+    [
+        (["run", "train.loss=hinge"], "larpo: error: train.loss: got 'hinge'"),
+        (["run", "--config", "does-not-exist.yaml"], "larpo: error: does-not-exist.yaml: cannot read config"),
+        (["report", "nowhere"], "larpo: error: nowhere: not a larpo run directory"),
+    ],
+)
+def test_cli_user_errors_exit_2_with_one_line_and_no_traceback(tmp_path, args, expected):
+    proc = subprocess.run([sys.executable, "-m", "larpo.cli", *args], capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(expected), proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "runs").exists()  # nothing written for a rejected config
+
+
+def test_every_command_has_help():
+    for args in (["--help"], ["run", "--help"], ["sft", "--help"], ["report", "--help"]):
+        proc = subprocess.run([sys.executable, "-m", "larpo.cli", *args], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0 and "usage: larpo" in proc.stdout

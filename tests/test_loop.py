@@ -1,0 +1,152 @@
+"""The whole method end to end on a very small config: files, finite metrics, memorization, resume."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from larpo import config as C
+from larpo.io import read_jsonl
+from larpo.lists import RankedList
+from larpo.loop import run
+
+SMALL = [
+    "seed=3",
+    "task.digits=2", "task.n_train=400", "task.n_eval=40",
+    "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
+    "sft.max_steps=60", "sft.eval_every=30", "sft.eval_prompts=20", "sft.batch_size=32",
+    "sampling.k=4", "sampling.max_new_tokens=4",
+    "train.lr=1e-3", "train.epochs=1", "train.batch_size=4", "train.micro_batch_size=4",
+    "loop.iterations=2", "loop.prompts_per_iteration=16",
+    "lists.memorization=all", "eval.n_prompts=40",
+]
+
+
+def write_small_config(directory: Path, extra: list[str] = ()) -> Path:
+    path = directory / "small.yaml"
+    path.write_text(C.dump(C.load(None, [*SMALL, *extra])))
+    return path
+
+
+def run_cli(config: Path, out: Path, **kw) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "larpo.cli", "run", "--quiet", "--config", str(config), "--out", str(out)],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw,
+    )
+
+
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory):
+    """An uninterrupted CLI run of the small config."""
+    directory = tmp_path_factory.mktemp("loop")
+    config = write_small_config(directory)
+    proc = run_cli(config, directory / "run")
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    return config, directory / "run", out
+
+
+def test_a_run_leaves_every_promised_file(small_run):
+    _, run_dir, _ = small_run
+    for name in ["config.yaml", "sft/config.json", "sft/model.safetensors", "eval_sft.json", "metrics.jsonl",
+                 "summary.json", "report.md", "plots/heldout.png", "plots/training.png", "plots/rewards.png"]:
+        assert (run_dir / name).is_file(), name
+    for s in (0, 1):
+        for name in ["candidates.jsonl", "lists.jsonl", "lists_stats.json", "eval.json", "policy/model.safetensors"]:
+            assert (run_dir / f"iter_{s}" / name).is_file(), (s, name)
+    assert C.load(run_dir / "config.yaml") == C.load(None, SMALL)
+
+
+def test_summary_has_finite_sft_and_final_blocks(small_run):
+    _, run_dir, stdout = small_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    for block in ("sft", "final"):
+        for key in ("exact_accuracy", "gold_reward"):
+            assert 0.0 <= summary[block][key] <= 1.0 and math.isfinite(summary[block][key])
+    assert len(summary["per_policy"]) == 3 and summary["wall_seconds"] > 0
+    assert "exact_accuracy" in stdout and "gold_reward" in stdout  # the closing table
+
+
+def test_metrics_rows_are_finite_and_cover_every_stage(small_run):
+    _, run_dir, _ = small_run
+    rows = read_jsonl(run_dir / "metrics.jsonl")
+    train = [r for r in rows if r["stage"] == "train"]
+    assert {r["iteration"] for r in train} == {0, 1}
+    assert all(math.isfinite(r["loss"]) and math.isfinite(r["grad_norm"]) for r in train)
+    assert sorted(r["policy"] for r in rows if r["stage"] == "eval") == [0, 1, 2]
+    assert any(r["stage"] == "sft" for r in rows)
+
+
+def test_candidates_have_k_samples_per_prompt_and_full_records(small_run):
+    _, run_dir, _ = small_run
+    rows = read_jsonl(run_dir / "iter_0" / "candidates.jsonl")
+    assert len(rows) == 16 * 4
+    assert set(rows[0]) == {"prompt_id", "prompt", "response", "reward", "temperature", "source", "iteration"}
+    assert {r["iteration"] for r in rows} == {0}
+
+
+def test_memorization_merges_earlier_candidates(small_run):
+    _, run_dir, _ = small_run
+    stats = json.loads((run_dir / "iter_1" / "lists_stats.json").read_text())
+    assert stats["remembered"] == 16 * 4
+    lists = [RankedList.from_row(r) for r in read_jsonl(run_dir / "iter_1" / "lists.jsonl")]
+    earlier = {(r["prompt_id"], r["response"]) for r in read_jsonl(run_dir / "iter_0" / "candidates.jsonl")}
+    current = {(r["prompt_id"], r["response"]) for r in read_jsonl(run_dir / "iter_1" / "candidates.jsonl")}
+    items = {(rl.prompt_id, resp) for rl in lists for resp in rl.responses}
+    assert items & (earlier - current), "no remembered response made it into a list"
+    for rl in lists:
+        assert list(rl.rewards) == sorted(rl.rewards, reverse=True)
+
+
+def test_rerunning_a_finished_run_does_no_work_and_gives_the_same_summary(small_run):
+    config, run_dir, _ = small_run
+    before = json.loads((run_dir / "summary.json").read_text())
+    mtime = (run_dir / "iter_1" / "policy" / "model.safetensors").stat().st_mtime
+    summary = run(C.load(config), run_dir, progress=False, log=lambda _: None)
+    assert (run_dir / "iter_1" / "policy" / "model.safetensors").stat().st_mtime == mtime
+    assert summary["per_policy"] == before["per_policy"]
+
+
+def test_a_different_config_in_the_same_directory_is_refused(small_run):
+    config, run_dir, _ = small_run
+    with pytest.raises(C.ConfigError, match="different config"):
+        run(C.load(config, ["train.beta=0.2"]), run_dir, progress=False, log=lambda _: None)
+
+
+def test_a_killed_run_resumes_to_the_same_result(small_run, tmp_path):
+    config, reference, _ = small_run
+    out = tmp_path / "killed"
+    proc = run_cli(config, out, start_new_session=True)
+    marker = out / "iter_0" / "candidates.jsonl"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)  # a real kill, mid-iteration
+    proc.wait()
+    assert marker.exists() and not (out / "summary.json").exists() and not (out / "iter_1" / "policy").exists()
+    resumed = run_cli(config, out)
+    _, err = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, err
+    got = json.loads((out / "summary.json").read_text())
+    want = json.loads((reference / "summary.json").read_text())
+    assert got["per_policy"] == want["per_policy"]
+    assert read_jsonl(out / "iter_1" / "candidates.jsonl") == read_jsonl(reference / "iter_1" / "candidates.jsonl")
+    train_rows = [r for r in read_jsonl(out / "metrics.jsonl") if r["stage"] == "train"]
+    want_rows = [r for r in read_jsonl(reference / "metrics.jsonl") if r["stage"] == "train"]
+    assert train_rows == want_rows  # no duplicate rows from the killed attempt
+
+
+def test_report_command_regenerates_the_report(small_run):
+    _, run_dir, _ = small_run
+    (run_dir / "report.md").unlink()
+    proc = subprocess.run([sys.executable, "-m", "larpo.cli", "report", str(run_dir)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    text = (run_dir / "report.md").read_text()
+    assert "| SFT |" in text and "plots/heldout.png" in text
