@@ -192,7 +192,10 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
                 write_json_atomic(d / "lists_stats.json", stats)
             lists = [RankedList.from_row(row) for row in read_jsonl(d / "lists.jsonl")]
             if not lists:
-                raise RuntimeError(f"iteration {s}: every prompt's candidates tied; nothing to train on")
+                raise ConfigError(
+                    f"iteration {s + 1}: every prompt's candidates tied, so there is nothing to train on; "
+                    "raise sampling.k or sampling.temperature, or use task.reward=graded"
+                )
             _replace_metric_rows(run_dir, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
             train_phase(
                 model, tokenizer, lists, cfg.train, accelerator, seed=_stage_seed(cfg.seed, s),
