@@ -15,6 +15,7 @@ finite space, deterministically from ``task.seed``, and each prompt determines i
 from __future__ import annotations
 
 import random
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -56,7 +57,7 @@ class Task(Protocol):
         ...
 
 
-class SyntheticTask:
+class SyntheticTask(ABC):
     """Base of the built-ins: a finite space of prompts, indexed 0..space-1, each with one answer.
 
     Subclasses set ``name`` and ``alphabet`` (every character their prompts and answers can use)
@@ -85,17 +86,20 @@ class SyntheticTask:
         self._eval = [Example(f"eval-{i:05d}", p, self.solve(p)) for i, p in enumerate(prompts[cfg.n_train :])]
         self._graded = cfg.reward == "graded"
 
+    @abstractmethod
     def prompt_at(self, index: int) -> str:
         """The prompt with this index in the space (a bijection, so distinct indices give distinct prompts)."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def solve(self, prompt: str) -> str:
         """The gold answer, parsed from the prompt alone."""
-        raise NotImplementedError
+        ...
 
+    @abstractmethod
     def graded(self, prompt: str, response: str) -> float:
         """Partial credit in [0, 1]; 1.0 exactly when the response is correct."""
-        raise NotImplementedError
+        ...
 
     def train_examples(self) -> list[Example]:
         return list(self._train)
