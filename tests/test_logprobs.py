@@ -5,7 +5,7 @@ import random
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from larpo.logprobs import collate_pairs, sequence_logps
+from larpo.logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 
 
 def random_llama(seed: int = 0, vocab: int = 40) -> LlamaForCausalLM:
@@ -80,3 +80,34 @@ def test_gradients_flow_to_the_model():
     logps = sequence_logps(model, collate_pairs(random_pairs(seed=6, n=3), pad_id=0))
     logps.sum().backward()
     assert model.model.embed_tokens.weight.grad.abs().sum() > 0
+
+
+def random_lists(seed: int, n: int, vocab: int = 40):
+    rng = random.Random(seed)
+    return [
+        ([rng.randrange(1, vocab) for _ in range(rng.randint(1, 14))],
+         [[rng.randrange(1, vocab) for _ in range(rng.randint(1, 8))] for _ in range(rng.randint(1, 4))])
+        for _ in range(n)
+    ]
+
+
+def test_collate_lists_left_pads_prompts_and_right_pads_responses():
+    batch = collate_lists([([5, 6], [[7], [8, 9]]), ([1, 2, 3], [[4, 4, 4]])], pad_id=0)
+    assert batch["prompt_ids"].tolist() == [[0, 5, 6], [1, 2, 3]]
+    assert batch["prompt_mask"].tolist() == [[0, 1, 1], [1, 1, 1]]
+    assert batch["response_ids"].tolist() == [[7, 0, 0], [8, 9, 0], [4, 4, 4]]
+    assert batch["owner"].tolist() == [0, 0, 1]
+
+
+def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients():
+    lists = random_lists(seed=7, n=5)
+    flat = [(p, r) for p, rs in lists for r in rs]
+    weights = torch.randn(len(flat))
+    shared_model, repeated_model = random_llama(seed=8).train(), random_llama(seed=8).train()
+    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0))
+    repeated = sequence_logps(repeated_model, collate_pairs(flat, pad_id=0))
+    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
+    (weights * shared).sum().backward()
+    (weights * repeated).sum().backward()
+    for (name, p), q in zip(shared_model.named_parameters(), repeated_model.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)

@@ -133,6 +133,19 @@ def test_hf_reranker_applies_the_chat_template(reward_model_dir, tiny_tokenizer)
     assert reranker.score(PROMPTS, RESPONSES) == pytest.approx(expected, abs=1e-5)
 
 
+def test_hf_reranker_scores_message_list_prompts_through_its_chat_template(reward_model_dir, tiny_tokenizer):
+    path, model = reward_model_dir
+    reranker = HFReranker(str(path), batch_size=2)
+    reranker.tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}={% endfor %}"
+    conversations = [[{"role": "user", "content": "1"}, {"role": "assistant", "content": "2"}, {"role": "user", "content": p}]
+                     for p in PROMPTS]
+    expected = one_at_a_time(model, [tiny_tokenizer(f"1=2={p}={r}=")["input_ids"] for p, r in zip(PROMPTS, RESPONSES)])
+    assert reranker.score(conversations, RESPONSES) == pytest.approx(expected, abs=1e-5)
+    reranker.tokenizer.chat_template = None
+    with pytest.raises(ConfigError, match="chat template"):
+        reranker.score(conversations[:1], RESPONSES[:1])
+
+
 def test_hf_reranker_rejects_a_multi_label_classifier(tmp_path, tiny_tokenizer):
     reward_model(tiny_tokenizer, num_labels=2).save_pretrained(tmp_path)
     tiny_tokenizer.save_pretrained(tmp_path)

@@ -1,4 +1,4 @@
-"""The ``larpo`` command: run, sft, report.
+"""The ``larpo`` command: run, sft, report, eval, compare, sweep, export-lists, export-model.
 
 User errors (a bad config, a missing file) print one line and exit with code 2, no traceback.
 """
@@ -6,11 +6,13 @@ User errors (a bad config, a missing file) print one line and exit with code 2, 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from . import config as config_mod
 from .config import ConfigError
+from .io import write_json_atomic, write_text_atomic
 
 USAGE_OVERRIDES = "section.field=value overrides, e.g. train.loss=listmle sampling.k=4 (values parsed as YAML)"
 
@@ -34,8 +36,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg, out = _resolve(args)
     summary = run(cfg, out, progress=not args.quiet)
-    write_report(out)
-    print_summary(summary, out)
+    from accelerate import PartialState
+
+    if PartialState().is_main_process:  # under torchrun / accelerate launch, one report
+        write_report(out)
+        print_summary(summary, out)
     return 0
 
 
@@ -59,6 +64,87 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval_config(args: argparse.Namespace) -> config_mod.Config:
+    """--config if given; else the config.yaml of the run POLICY_DIR belongs to (sft/ or
+    iter_<s>/policy/: its parent or grandparent); else the embedded default."""
+    if args.config:
+        return config_mod.load(args.config)
+    policy = Path(args.policy_dir).resolve()
+    for run_dir in (policy.parent, policy.parent.parent):
+        if (run_dir / "config.yaml").is_file():
+            return config_mod.load(run_dir / "config.yaml")
+    return config_mod.load(None)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .evaluate import format_table, retriever_eval
+    from .models import load_policy
+    from .rerankers import build_reranker
+    from .tasks import build_task
+
+    cfg = _eval_config(args)
+    try:
+        temperatures = [float(t) for t in args.temperatures.split(",")] if args.temperatures else [cfg.sampling.temperature]
+    except ValueError:
+        raise ConfigError(f"--temperatures: got {args.temperatures!r}, expected comma-separated numbers") from None
+    if any(t <= 0 for t in temperatures) or args.samples < 1 or (args.prompts is not None and args.prompts < 1):
+        raise ConfigError("--temperatures, --samples and --prompts: expected positive values")
+    task = build_task(cfg.task)
+    examples = task.eval_examples()[: args.prompts or cfg.eval.n_prompts]
+    trust = cfg.model.trust_remote_code
+    model, tokenizer = load_policy(args.policy_dir, trust_remote_code=trust)
+    baseline = load_policy(args.baseline, trust_remote_code=trust) if args.baseline else None
+    result = retriever_eval(model, tokenizer, task, examples, build_reranker(cfg.reranker, task), args.samples,
+                            temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
+    result.update(policy=str(args.policy_dir), baseline_policy=args.baseline)
+    out = Path(args.out) if args.out else Path(args.policy_dir) / "retriever_eval.json"
+    write_json_atomic(out, result)
+    print(format_table(result))
+    print(f"[larpo] wrote {out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .compare import comparison_table, load_run, plot_comparison
+
+    runs = [load_run(d) for d in args.run_dirs]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    table = comparison_table(runs)
+    plots = plot_comparison(runs, out)
+    write_text_atomic(out / "compare.md", table + "".join(f"\n![{p.stem}]({p.name})\n" for p in plots))
+    print(table)
+    print(f"[larpo] wrote {out / 'compare.md'} and {', '.join(p.name for p in plots)}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from .sweep import format_results, load_grid, run_grid
+
+    grid = load_grid(args.grid)
+    out = Path(args.out) if args.out else Path("sweeps") / grid.name
+    run_grid(grid, out, progress=not args.quiet)
+    print(format_results(grid, json.loads((out / "results.json").read_text())))
+    print(f"[larpo] wrote {out / 'results.md'} and {out / 'results.png'}")
+    return 0
+
+
+def cmd_export_lists(args: argparse.Namespace) -> int:
+    from .export import export_lists
+
+    n = export_lists(args.run_dir, args.out, args.fmt, iteration=args.iteration, pairs=args.pairs.replace("-", "_"))
+    print(f"[larpo] wrote {n} rows to {args.out}")
+    return 0
+
+
+def cmd_export_model(args: argparse.Namespace) -> int:
+    from .models import export_model
+
+    merged = export_model(args.policy_dir, args.out_dir, trust_remote_code=args.trust_remote_code)
+    print(f"[larpo] wrote {'the merged LoRA policy' if merged else 'the policy'} to {args.out_dir}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="larpo",
@@ -68,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run LarPO end to end (build, SFT, iterations, evaluation, report)",
                          description="Run LarPO end to end. With no arguments: the embedded default on a tiny "
-                         "model (3-digit addition, lambdarank, K=10, top-2 + bottom-2, 3 iterations).")
+                         "model (2-digit addition, lambdarank, K=10, top-2 + bottom-2, 3 iterations).")
     _add_run_arguments(run)
     run.set_defaults(func=cmd_run)
     sft = sub.add_parser("sft", help="build the initial policy and warm it up with SFT only",
@@ -80,6 +166,56 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's files.")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(func=cmd_report)
+    ev = sub.add_parser("eval", help="evaluate a policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate)",
+                        description="Evaluate POLICY_DIR (a run's sft/ or iter_<s>/policy/, or any local model "
+                        "directory) on held-out prompts: greedy accuracy, pass@k, Best-of-N with the reranker, "
+                        "NDCG/MRR of its log-prob order against the reranker, win rate against --baseline; "
+                        "each with a 95% bootstrap interval over prompts. Task and reranker come from --config, "
+                        "else from the config.yaml of the run POLICY_DIR is in, else the embedded default.")
+    ev.add_argument("policy_dir", metavar="POLICY_DIR")
+    ev.add_argument("--config", help="YAML config for the task, reranker and decoding (default: see above)")
+    ev.add_argument("--baseline", metavar="DIR", help="a second policy; its greedy responses are compared with ours")
+    ev.add_argument("--samples", type=int, default=16, help="samples per prompt (default 16)")
+    ev.add_argument("--temperatures", help="comma-separated, e.g. 0.3,0.7,1.0,1.2 (default: sampling.temperature)")
+    ev.add_argument("--prompts", type=int, help="held-out prompts (default: eval.n_prompts)")
+    ev.add_argument("--out", help="JSON file to write (default: POLICY_DIR/retriever_eval.json)")
+    ev.set_defaults(func=cmd_eval)
+    ex = sub.add_parser("export-lists", help="export a run's ranked lists as a TRL preference or listwise dataset",
+                        description="Write the ranked lists of RUN_DIR (every iteration, or --iteration S) as JSON "
+                        "lines: --format trl gives {prompt, chosen, rejected} rows (best vs worst of each list, or "
+                        "every strictly ordered pair with --pairs all); --format listwise gives "
+                        "{prompt, responses, rewards} rows, best first.")
+    ex.add_argument("run_dir", metavar="RUN_DIR")
+    ex.add_argument("--iteration", type=int, metavar="S", help="only iteration S (0-based, as in iter_<S>/)")
+    ex.add_argument("--format", required=True, choices=["trl", "listwise"], dest="fmt")
+    ex.add_argument("--pairs", choices=["best-worst", "all"], default="best-worst", help="trl pairs per list")
+    ex.add_argument("--out", required=True, metavar="FILE.jsonl")
+    ex.set_defaults(func=cmd_export_lists)
+    cmp = sub.add_parser("compare", help="put finished runs side by side: a table with intervals, plots",
+                         description="Compare finished runs: held-out greedy accuracy and gold reward of the SFT and "
+                         "final policies with 95%% bootstrap intervals over prompts, pass@k of the final policy; "
+                         "plots of every iteration with error bars and pass@k curves per temperature (SFT dashed, "
+                         "final solid) where the runs recorded a retriever evaluation.")
+    cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
+    cmp.add_argument("--out", default="compare", help="directory for compare.md and the plots (default: compare/)")
+    cmp.set_defaults(func=cmd_compare)
+    sw = sub.add_parser("sweep", help="run a grid of config overrides x seeds and test the differences",
+                        description="Run every cell x seed of GRID.yaml as an ordinary run directory (resumable; equal "
+                        "configs run once; SFT checkpoints shared), then write results.md/json/png: mean and 95%% "
+                        "interval over seeds per cell, the difference to the baseline cell and paired t-tests. "
+                        "Grid format: see configs/ablations/ and docs/findings.md.")
+    sw.add_argument("grid", metavar="GRID.yaml")
+    sw.add_argument("--out", help="sweep directory (default: sweeps/<grid name>); rerun to resume")
+    sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.set_defaults(func=cmd_sweep)
+    em = sub.add_parser("export-model", help="save a policy as a plain Hugging Face model (LoRA adapters merged)",
+                        description="Save POLICY_DIR (a run's sft/ or iter_<s>/policy/) to OUT_DIR as a plain "
+                        "model + tokenizer (safetensors) that transformers loads with no peft and no base model: "
+                        "LoRA adapters are merged into the base weights; a full model is re-saved as it is.")
+    em.add_argument("policy_dir", metavar="POLICY_DIR")
+    em.add_argument("out_dir", metavar="OUT_DIR")
+    em.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (model.trust_remote_code)")
+    em.set_defaults(func=cmd_export_model)
     return parser
 
 

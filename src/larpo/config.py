@@ -29,7 +29,7 @@ LOSSES = ("pairwise", "contrastive", "lambdarank", "listmle")
 class TaskConfig:
     """Which prompts, gold answers and gold reward to use."""
 
-    name: Literal["arithmetic", "sorting", "jsonl"] = "arithmetic"
+    name: Literal["arithmetic", "sorting", "jsonl", "dataset"] = "arithmetic"
     reward: Literal["exact", "graded"] = "graded"
     digits: int = 2  # arithmetic: digits per operand
     operations: list[str] = field(default_factory=lambda: ["+"])  # arithmetic: "+" and/or "-"
@@ -38,9 +38,13 @@ class TaskConfig:
     n_train: int = 2000  # prompts for SFT and the LarPO pool
     n_eval: int = 200  # held-out prompts
     seed: int = 1234  # the data seed, independent of the run seed
-    path: str | None = None  # jsonl: training prompts file
-    eval_path: str | None = None  # jsonl: held-out prompts file
-    reward_fn: str | None = None  # jsonl: "module:function" gold reward (prompt, response) -> float
+    path: str | None = None  # jsonl: training prompts file; dataset: a Dataset.save_to_disk directory
+    eval_path: str | None = None  # jsonl / dataset: held-out prompts (file / directory)
+    reward_fn: str | None = None  # jsonl / dataset: "module:function" gold reward (prompt, response) -> float
+    split: str | None = None  # dataset: the split to read when path holds a DatasetDict
+    prompt_field: str = "prompt"  # dataset: column with the prompt (a string or a list of messages)
+    id_field: str | None = None  # dataset: column with unique string ids (None: "<directory>/<split>-<row>")
+    answer_field: str | None = None  # dataset: column with the gold answer for SFT (None: no answers)
 
 
 @dataclass
@@ -55,6 +59,15 @@ class ModelConfig:
     num_heads: int = 4
     intermediate_size: int = 512
     max_position_embeddings: int = 64
+    dtype: Literal["float32", "bfloat16"] = "float32"  # the policy's weights when loaded for sampling and training
+    gradient_checkpointing: bool = False  # recompute activations in backward (LarPO phases): less memory, slower
+    max_prompt_tokens: int | None = None  # longer prompts keep their last tokens (None: no limit)
+    max_response_tokens: int | None = None  # longer responses keep their first tokens (None: no limit)
+    lora: bool = False  # train LoRA adapters (peft) in the LarPO phases instead of every weight
+    lora_r: int = 8
+    lora_alpha: int = 16
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | None = None  # None: peft's default for the architecture; [all-linear]: every linear layer
 
 
 @dataclass
@@ -100,6 +113,10 @@ class ListConfig:
     top: int | None = None  # None: the paper's default for the loss
     bottom: int | None = None
     memorization: Literal["none", "previous", "all"] = "none"
+    # hard negatives (spec §5.2): own | own_low_temperature | own_high_temperature | similar_prompt | random_prompt
+    negatives: Literal["own", "own_low_temperature", "own_high_temperature", "similar_prompt", "random_prompt"] = "own"
+    low_temperature: float = 0.3  # own_low_temperature: negatives sampled separately at this temperature
+    high_temperature: float = 1.5  # own_high_temperature: likewise
 
 
 @dataclass
@@ -118,6 +135,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    shared_prompt: bool = True  # one prompt pass per list, its KV cache shared by the m responses
+    reference: Literal["previous", "initial", "mix"] = "previous"  # π_ref: start of iteration | SFT policy | average
+    reference_mix: float = 0.5  # mix: weight of the initial policy in the parameter average
 
 
 @dataclass
@@ -132,6 +152,8 @@ class LoopConfig:
 class EvalConfig:
     n_prompts: int = 200  # held-out prompts for greedy accuracy and gold reward
     batch_size: int = 64
+    samples: int = 8  # retriever evaluation of the SFT and final policies: samples per prompt (0: skip)
+    temperatures: list[float] = field(default_factory=lambda: [1.0])
 
 
 @dataclass
@@ -227,16 +249,17 @@ def validate(cfg: Config) -> Config:
     for key in (
         "task.digits", "task.length", "task.max_value", "task.n_train", "task.n_eval",
         "model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
-        "model.intermediate_size", "model.max_position_embeddings",
+        "model.intermediate_size", "model.max_position_embeddings", "model.max_prompt_tokens",
+        "model.max_response_tokens", "model.lora_r", "model.lora_alpha",
         "sft.max_steps", "sft.batch_size", "sft.lr", "sft.eval_every", "sft.eval_prompts",
         "sampling.temperature", "sampling.top_p", "sampling.max_new_tokens", "sampling.prompts_per_batch",
-        "reranker.batch_size", "train.beta", "train.lr", "train.epochs", "train.batch_size",
+        "lists.low_temperature", "lists.high_temperature", "reranker.batch_size", "train.beta", "train.lr", "train.epochs", "train.batch_size",
         "train.micro_batch_size", "train.ref_batch_size", "loop.prompts_per_iteration",
         "eval.n_prompts", "eval.batch_size",
     ):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("sft.warmup_steps", "train.weight_decay", "train.max_grad_norm", "loop.iterations",
+    for key in ("sft.warmup_steps", "train.weight_decay", "train.max_grad_norm", "loop.iterations", "eval.samples",
                 "lists.top", "lists.bottom"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), allow_zero=True)
@@ -246,13 +269,19 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(f"sampling.top_p: got {cfg.sampling.top_p}, expected a value in (0, 1]")
     if not 0 <= cfg.sft.target_accuracy <= 1:
         raise ConfigError(f"sft.target_accuracy: got {cfg.sft.target_accuracy}, expected a value in [0, 1]")
+    if not 0 <= cfg.train.reference_mix <= 1:
+        raise ConfigError(f"train.reference_mix: got {cfg.train.reference_mix}, expected a value in [0, 1]")
+    if any(t <= 0 for t in cfg.eval.temperatures):
+        raise ConfigError(f"eval.temperatures: got {cfg.eval.temperatures}, expected positive temperatures")
     if not 0 <= cfg.train.warmup_ratio < 1:
         raise ConfigError(f"train.warmup_ratio: got {cfg.train.warmup_ratio}, expected a value in [0, 1)")
     bad_ops = [op for op in cfg.task.operations if op not in ("+", "-")]
     if bad_ops or not cfg.task.operations:
         raise ConfigError(f"task.operations: got {cfg.task.operations!r}, expected a non-empty list of '+' and '-'")
-    if cfg.task.name == "jsonl" and (cfg.task.path is None or cfg.task.reward_fn is None):
-        raise ConfigError("task.path and task.reward_fn: required when task.name is 'jsonl'")
+    if cfg.task.name in ("jsonl", "dataset") and (cfg.task.path is None or cfg.task.reward_fn is None):
+        raise ConfigError(f"task.path and task.reward_fn: required when task.name is {cfg.task.name!r}")
+    if not 0 <= cfg.model.lora_dropout < 1:
+        raise ConfigError(f"model.lora_dropout: got {cfg.model.lora_dropout}, expected a value in [0, 1)")
     if cfg.reranker.kind == "hf" and cfg.reranker.path is None:
         raise ConfigError("reranker.path: required when reranker.kind is 'hf'")
     if cfg.reranker.kind == "callable" and cfg.reranker.function is None:

@@ -1,11 +1,18 @@
-"""The policy judged by the task's gold reward on held-out prompts, with greedy decoding."""
+"""The policy judged on held-out prompts: greedy accuracy (:func:`greedy_eval`, used by the loop)
+and the policy as a retriever with bootstrap intervals (:func:`retriever_eval`, ``larpo eval``)."""
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
+import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from .encoding import encode_prompt, encode_response
+from .logprobs import collate_pairs, sequence_logps
+from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
+from .rerankers import Reranker
 from .sampling import generate
 from .tasks import Example, Task
 
@@ -19,13 +26,189 @@ def greedy_eval(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
-    """Greedy exact accuracy, mean gold reward and mean response length (characters)."""
+    """Greedy exact accuracy, mean gold reward and mean response length (characters).
+
+    ``per_prompt`` keeps each prompt's correctness and reward, for paired tests between policies.
+    """
     prompts = [ex.prompt for ex in examples]
     responses = [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size, progress=progress)]
     n = len(prompts)
+    correct = [float(task.correct(p, r)) for p, r in zip(prompts, responses)]
+    rewards = [task.reward(p, r) for p, r in zip(prompts, responses)]
     return {
-        "exact_accuracy": sum(task.correct(p, r) for p, r in zip(prompts, responses)) / n,
-        "gold_reward": sum(task.reward(p, r) for p, r in zip(prompts, responses)) / n,
+        "exact_accuracy": sum(correct) / n,
+        "gold_reward": sum(rewards) / n,
         "mean_length": sum(len(r) for r in responses) / n,
         "n_prompts": n,
+        "per_prompt": {"correct": correct, "reward": rewards},
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# the policy as a retriever: pass@k, Best-of-N, NDCG/MRR of its log-prob order, win rate
+
+
+def _stat(values: Sequence[float], seed: int) -> dict:
+    """Mean over prompts with its 95 % bootstrap interval; None entries when there are no prompts."""
+    mean, low, high = bootstrap_ci(list(values), seed=seed)
+    clean = lambda x: None if math.isnan(x) else x  # noqa: E731 — strict JSON has no NaN
+    return {"mean": clean(mean), "low": clean(low), "high": clean(high), "n_prompts": len(values)}
+
+
+def _powers_of_two(limit: int, cap: int | None = None) -> list[int]:
+    out, k = [], 1
+    while k <= limit and (cap is None or k <= cap):
+        out.append(k)
+        k *= 2
+    return out
+
+
+@torch.no_grad()
+def _response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int) -> list[float]:
+    """Summed response log-prob log π(y|x) of each pair (``larpo.logprobs.sequence_logps``)."""
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in zip(prompts, responses)]
+    was_training = model.training
+    model.eval()
+    out: list[float] = []
+    try:
+        for start in range(0, len(pairs), batch_size):
+            batch = collate_pairs(pairs[start : start + batch_size], pad_id)
+            out.extend(sequence_logps(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
+    finally:
+        model.train(was_training)
+    return out
+
+
+def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
+    return [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size)]
+
+
+def retriever_eval(
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    task: Task,
+    examples: Sequence[Example],
+    reranker: Reranker,
+    n_samples: int,
+    temperatures: Sequence[float],
+    max_new_tokens: int,
+    batch_size: int = 64,
+    seed: int = 0,
+    baseline: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+) -> dict:
+    """The policy judged as a retriever on ``examples``; a JSON-serialisable dict (see docs/evaluation.md).
+
+    Every metric is a mean over prompts with a 95 % percentile bootstrap interval
+    (``{"mean", "low", "high", "n_prompts"}``); every block states its ``n_prompts`` and
+    ``n_samples`` (responses per prompt). ``sampled`` is keyed by ``str(float(temperature))``.
+    ``batch_size`` bounds the sequences per forward pass: prompts per greedy batch, prompts × samples
+    per sampling batch, (prompt, response) pairs per log-prob batch. The temperature with index i
+    samples with seed ``seed + i``.
+    """
+    if n_samples < 1:
+        raise ValueError(f"n_samples: got {n_samples}, expected at least 1")
+    prompts = [ex.prompt for ex in examples]
+    n = len(prompts)
+    if n == 0:
+        raise ValueError("retriever_eval: no prompts")
+    greedy = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+    greedy_gold = [task.reward(p, r) for p, r in zip(prompts, greedy)]
+    result: dict = {
+        "n_prompts": n,
+        "settings": {"n_samples": n_samples, "temperatures": [float(t) for t in temperatures],
+                     "max_new_tokens": max_new_tokens, "seed": seed},
+        "greedy": {
+            "n_prompts": n, "n_samples": 1,
+            "exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, greedy)], seed),
+            "gold_reward": _stat(greedy_gold, seed),
+            "mean_length": sum(map(len, greedy)) / n,
+        },
+        "sampled": {},
+    }
+    ks = _powers_of_two(n_samples)
+    for t_index, temperature in enumerate(temperatures):
+        samples = generate(model, tokenizer, prompts, n_samples, float(temperature), max_new_tokens,
+                           batch_size=max(1, batch_size // n_samples), seed=seed + t_index)
+        flat_p = [p for p, rs in zip(prompts, samples) for _ in rs]
+        flat_r = [r for rs in samples for r in rs]
+        scores = reranker.score(flat_p, flat_r)
+        per_prompt = [
+            (rs, [task.reward(p, r) for r in rs], [float(task.correct(p, r)) for r in rs],
+             scores[i * n_samples : (i + 1) * n_samples])
+            for i, (p, rs) in enumerate(zip(prompts, samples))
+        ]
+        # distinct candidates of each prompt, scored by the policy's log-prob (the retriever)
+        distinct = [list(dict.fromkeys(rs)) for rs in samples]
+        cand_p = [p for p, ds in zip(prompts, distinct) for _ in ds]
+        cand_r = [r for ds in distinct for r in ds]
+        logps = _response_logps(model, tokenizer, cand_p, cand_r, batch_size)
+        rankings, offset = [], 0
+        for ds, (rs, _, _, sc) in zip(distinct, per_prompt):
+            relevance = [sc[rs.index(d)] for d in ds]
+            rankings.append((logps[offset : offset + len(ds)], relevance))
+            offset += len(ds)
+        informative = [(lp, rel) for lp, rel in rankings if len(set(rel)) > 1]  # all-tied lists carry no order
+        ranking = {"n_prompts": len(informative), "n_samples": n_samples,
+                   "mean_distinct_candidates": sum(len(d) for d in distinct) / n}
+        for k in (1, 5, None):
+            ranking["ndcg" if k is None else f"ndcg@{k}"] = _stat([ndcg_at_k(lp, rel, k) for lp, rel in informative], seed)
+        ranking["mrr"] = _stat([mrr(lp, rel) for lp, rel in informative], seed)
+        result["sampled"][str(float(temperature))] = {
+            "temperature": float(temperature), "n_prompts": n, "n_samples": n_samples,
+            "gold_reward": _stat([sum(g) / len(g) for _, g, _, _ in per_prompt], seed),
+            "pass_at_k": {str(k): _stat([pass_at_k(n_samples, int(sum(c)), k) for _, _, c, _ in per_prompt], seed)
+                          for k in ks},
+            "best_of_n": {str(k): _stat([best_of_n(sc, g, k) for _, g, _, sc in per_prompt], seed)
+                          for k in _powers_of_two(n_samples, cap=16)},
+            "ranking": ranking,
+            "mean_length": sum(map(len, flat_r)) / len(flat_r),
+        }
+    if baseline is not None:
+        base_model, base_tokenizer = baseline
+        base = _greedy(base_model, base_tokenizer, prompts, max_new_tokens, batch_size)
+        base_gold = [task.reward(p, r) for p, r in zip(prompts, base)]
+        result["baseline"] = {
+            "n_prompts": n, "n_samples": 1,
+            "baseline_exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, base)], seed),
+            "baseline_gold_reward": _stat(base_gold, seed),
+            "win_rate_reranker": _stat(wins(reranker.score(prompts, greedy), reranker.score(prompts, base)), seed),
+            "win_rate_gold": _stat(wins(greedy_gold, base_gold), seed),
+        }
+    return result
+
+
+def table_rows(result: dict) -> list[tuple[str, dict | float]]:
+    """(metric name, stat or plain number) rows of a :func:`retriever_eval` result, for printing."""
+    rows: list[tuple[str, dict | float]] = [
+        ("greedy exact accuracy", result["greedy"]["exact_accuracy"]),
+        ("greedy gold reward", result["greedy"]["gold_reward"]),
+        ("greedy mean length", result["greedy"]["mean_length"]),
+    ]
+    for key, block in result["sampled"].items():
+        rows.append((f"T={key} sample gold reward", block["gold_reward"]))
+        rows += [(f"T={key} pass@{k}", s) for k, s in block["pass_at_k"].items()]
+        rows += [(f"T={key} best-of-{k}", s) for k, s in block["best_of_n"].items()]
+        rows += [(f"T={key} {name} (n={block['ranking']['n_prompts']})", block["ranking"][name])
+                 for name in ("ndcg@1", "ndcg@5", "ndcg", "mrr")]
+        rows.append((f"T={key} mean length", block["mean_length"]))
+    if "baseline" in result:
+        rows += [(name.replace("_", " "), result["baseline"][name])
+                 for name in ("baseline_exact_accuracy", "baseline_gold_reward", "win_rate_reranker", "win_rate_gold")]
+    return rows
+
+
+def format_table(result: dict) -> str:
+    """A compact plain-text table: metric, value, 95 % CI."""
+    rows = table_rows(result)
+    width = max(len(name) for name, _ in rows)
+    lines = [f"{'metric':<{width}}  {'value':>7}  95% CI", f"{'-' * width}  {'-' * 7}  {'-' * 15}"]
+    for name, value in rows:
+        if isinstance(value, dict):
+            if value["mean"] is None:
+                lines.append(f"{name:<{width}}  {'n/a':>7}")
+            else:
+                lines.append(f"{name:<{width}}  {value['mean']:>7.3f}  [{value['low']:.3f}, {value['high']:.3f}]")
+        else:
+            lines.append(f"{name:<{width}}  {value:>7.2f}")
+    return "\n".join(lines)

@@ -133,21 +133,63 @@ def build_list(
     )
 
 
+def list_with_negatives(
+    own: Sequence[Candidate], negatives: Sequence[Candidate], top: int, bottom: int
+) -> RankedList | None:
+    """The prompt's ``top`` best own candidates, then its ``bottom`` lowest-scored negatives.
+
+    Only negatives scored strictly below every positive are kept; a response that is also a
+    positive is never a negative. None when no positive or no negative remains.
+    """
+    positives = sorted(own, key=lambda c: -c.reward)[:top]
+    if not positives:
+        return None
+    floor = min(c.reward for c in positives)
+    texts = {c.response for c in positives}
+    kept, seen = [], set()
+    for c in sorted(negatives, key=lambda c: c.reward):
+        if c.reward < floor and c.response not in texts and c.response not in seen:
+            kept.append(c)
+            seen.add(c.response)
+    if not kept:
+        return None
+    items = positives + sorted(kept[:bottom], key=lambda c: -c.reward)
+    return RankedList(
+        prompt_id=positives[0].prompt_id,
+        prompt=positives[0].prompt,
+        responses=tuple(c.response for c in items),
+        rewards=tuple(c.reward for c in items),
+        sources=tuple(c.source for c in items),
+    )
+
+
 def build_lists(
     candidates: Sequence[Candidate],
     strategy: Literal["top_bottom", "full"] = "full",
     top: int = 2,
     bottom: int = 2,
+    negatives: Sequence[Candidate] | None = None,
 ) -> tuple[list[RankedList], ListStats]:
-    """Group candidates by prompt (first-seen order), deduplicate, and build one list per prompt."""
+    """Group candidates by prompt (first-seen order), deduplicate, and build one list per prompt.
+
+    With ``negatives`` (scored hard negatives from another source, ``larpo.negatives``), each
+    list is the prompt's ``top`` own candidates followed by its negatives
+    (:func:`list_with_negatives`) instead of ``strategy``'s selection.
+    """
     kept, duplicates = dedupe(candidates)
     by_prompt: dict[str, list[Candidate]] = defaultdict(list)
     for c in kept:
         by_prompt[c.prompt_id].append(c)
+    borrowed: dict[str, list[Candidate]] = defaultdict(list)
+    for c in negatives or ():
+        borrowed[c.prompt_id].append(c)
     stats = ListStats(duplicates=duplicates)
     lists: list[RankedList] = []
-    for group in by_prompt.values():
-        ranked = build_list(group, strategy, top, bottom)
+    for pid, group in by_prompt.items():
+        if negatives is None:
+            ranked = build_list(group, strategy, top, bottom)
+        else:
+            ranked = list_with_negatives(group, borrowed.get(pid, []), top, bottom)
         if ranked is None:
             stats.skipped_tied += 1
             continue

@@ -7,6 +7,7 @@ not depend on its neighbours in the batch.
 
 from __future__ import annotations
 
+import inspect
 from typing import Sequence
 
 import torch
@@ -48,3 +49,68 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     targets = input_ids[:, 1:]
     token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
     return (token_logps * response_mask[:, 1:]).sum(dim=1)
+
+
+def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Batch lists that share a prompt: each prompt once, left-padded; responses right-padded.
+
+    Returns ``prompt_ids`` / ``prompt_mask`` [B, P] (left padding, so every prompt ends at column
+    P − 1), ``response_ids`` / ``response_mask`` [N, R] (right padding; N = Σ m over lists) and
+    ``owner`` [N], the list (row of the prompt batch) each response belongs to.
+    """
+    if not lists or any(not p or not rs or any(not r for r in rs) for p, rs in lists):
+        raise ValueError("collate_lists needs non-empty prompts, each with at least one non-empty response")
+    width_p = max(len(p) for p, _ in lists)
+    responses = [r for _, rs in lists for r in rs]
+    width_r = max(len(r) for r in responses)
+    prompt_ids = torch.full((len(lists), width_p), pad_id, dtype=torch.long)
+    prompt_mask = torch.zeros((len(lists), width_p), dtype=torch.long)
+    for row, (prompt, _) in enumerate(lists):
+        prompt_ids[row, width_p - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
+        prompt_mask[row, width_p - len(prompt) :] = 1
+    response_ids = torch.full((len(responses), width_r), pad_id, dtype=torch.long)
+    response_mask = torch.zeros((len(responses), width_r), dtype=torch.bool)
+    for row, response in enumerate(responses):
+        response_ids[row, : len(response)] = torch.tensor(response, dtype=torch.long)
+        response_mask[row, : len(response)] = True
+    owner = torch.tensor([i for i, (_, rs) in enumerate(lists) for _ in rs], dtype=torch.long)
+    return {"prompt_ids": prompt_ids, "prompt_mask": prompt_mask, "response_ids": response_ids,
+            "response_mask": response_mask, "owner": owner}
+
+
+def _cache_argument(model: nn.Module) -> str:
+    """The forward argument that takes a KV cache: ``cache`` in recent transformers, else ``past_key_values``."""
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
+def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`sequence_logps` with one prompt pass per list: a float32 tensor [N].
+
+    The B prompts run once; their key/value cache is gathered to the N responses (gradients flow
+    back through the gather into the shared prompt pass), and the responses run on top of it.
+    ``batch`` is the output of :func:`collate_lists`, on the model's device. Costs
+    B·P + N·R token positions instead of N·(P + R).
+    """
+    prompt_mask, response_mask, owner = batch["prompt_mask"], batch["response_mask"], batch["owner"]
+    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_out = model(input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_positions,
+                       use_cache=True)
+    cache = getattr(prompt_out, "cache", None) or prompt_out.past_key_values
+    cache.batch_select_indices(owner)
+    prompt_lengths = prompt_mask.sum(dim=1)[owner]
+    width = response_mask.shape[1]
+    response_positions = prompt_lengths[:, None] + torch.arange(width, device=owner.device)[None, :]
+    response_out = model(
+        input_ids=batch["response_ids"],
+        attention_mask=torch.cat([prompt_mask[owner], response_mask.long()], dim=1),
+        position_ids=response_positions,
+        use_cache=False,
+        **{_cache_argument(model): cache},
+    )
+    # The prompt's last position predicts the first response token; response position t the next.
+    logits = torch.cat([prompt_out.logits[:, -1:][owner], response_out.logits[:, :-1]], dim=1).float()
+    targets = batch["response_ids"]
+    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+    return (token_logps * response_mask).sum(dim=1)

@@ -13,33 +13,64 @@ Every stage writes its output atomically, and an output's existence marks the st
 running the same command again after a kill resumes at the first unfinished stage. Each stage is
 seeded from (run seed, iteration) and the policy always comes back from its saved safetensors, so
 a resumed run ends exactly where an uninterrupted one does.
+
+Under ``torchrun`` / ``accelerate launch`` every process runs this same function. Sampling and
+scoring are sharded: the pool is cut into fixed chunks of ``sampling.prompts_per_batch`` prompts,
+each seeded from (run seed, iteration, chunk) and dealt to processes round-robin, so the gathered
+candidates are the very ones a single process draws. Training is sharded by ``train_phase``. SFT
+and the held-out evaluations run on the main process while the others wait, and only the main
+process writes files; a barrier follows every write, so the others read finished files.
 """
 
 from __future__ import annotations
 
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
+from typing import Callable, TypeVar
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+from tqdm.auto import tqdm
 
 from . import config as config_mod
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
-from .evaluate import greedy_eval
+from .encoding import length_limits
+from .evaluate import greedy_eval, retriever_eval
 from .io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
-from .models import build_tiny_model, build_tokenizer, load_policy, save_policy
+from .negatives import borrowed, random_partners, similar_partners
+from .reference import reference_model
+from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
 from .rerankers import Reranker, build_reranker
 from .sampling import generate
 from .sft import sft_train
 from .tasks import Example, Task, build_task
-from .trainer import make_accelerator, train_phase
+from .trainer import encode_lists, make_accelerator, reference_logps, train_phase
 
 METRICS = "metrics.jsonl"
+T = TypeVar("T")
 
 
 def _stage_seed(seed: int, iteration: int) -> int:
     return seed * 1000 + iteration
+
+
+def _chunk_seed(seed: int, iteration: int, chunk: int) -> int:
+    """The sampling seed of one chunk of the prompt pool: fixed by the chunk, not by the process."""
+    return _stage_seed(seed, iteration) * 1_000_000 + chunk
+
+
+def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
+    """Run a resumable stage on the main process, then on the others, which find it done.
+
+    ``stage`` must return its saved result without redoing work once its output exists.
+    """
+    result = stage() if accelerator.is_main_process else None
+    accelerator.wait_for_everyone()
+    return result if accelerator.is_main_process else stage()
 
 
 def _replace_metric_rows(run_dir: Path, drop: Callable[[dict], bool], rows: list[dict] = ()) -> None:
@@ -52,7 +83,7 @@ def _replace_metric_rows(run_dir: Path, drop: Callable[[dict], bool], rows: list
     write_jsonl_atomic(path, [*kept, *rows])
 
 
-def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
+def _check_or_write_config(cfg: Config, run_dir: Path, write: bool = True) -> None:
     path = run_dir / "config.yaml"
     text = config_mod.dump(cfg)
     if path.exists() and path.read_text() != text:
@@ -60,7 +91,8 @@ def _check_or_write_config(cfg: Config, run_dir: Path) -> None:
             f"{path}: this run directory was made with a different config; "
             "pass another --out, or delete the directory to start again"
         )
-    write_text_atomic(path, text)
+    if write:
+        write_text_atomic(path, text)
 
 
 def data_splits(task: Task, cfg: Config) -> tuple[list[Example], list[Example], list[Example], list[Example]]:
@@ -89,7 +121,7 @@ def initial_policy(cfg: Config, task: Task, run_dir: Path, progress: bool) -> Pa
     if sft_dir.exists():
         return sft_dir
     if cfg.model.path is not None:
-        model, tokenizer = load_policy(cfg.model.path, trust_remote_code=cfg.model.trust_remote_code)
+        model, tokenizer = policy_from_config(cfg.model.path, cfg.model)
     else:
         tokenizer = build_tokenizer(task.tokenizer_corpus(), cfg.model.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
@@ -104,54 +136,133 @@ def initial_policy(cfg: Config, task: Task, run_dir: Path, progress: bool) -> Pa
     return sft_dir
 
 
-def sample_and_score(
-    model, tokenizer, pool: list[Example], reranker: Reranker, cfg: Config, iteration: int, progress: bool
+def _score_chunk(
+    model, tokenizer, chunk: list[Example], reranker: Reranker, cfg: Config, iteration: int, seed: int,
+    temperature: float, source: str,
 ) -> list[Candidate]:
-    """K samples per prompt from the current policy, each scored by the reranker."""
-    prompts = [ex.prompt for ex in pool]
+    """K samples for each prompt of one chunk (one ``generate`` batch), scored by the reranker."""
+    prompts = [ex.prompt for ex in chunk]
     samples = generate(
-        model, tokenizer, prompts, cfg.sampling.k, cfg.sampling.temperature, cfg.sampling.max_new_tokens,
-        top_p=cfg.sampling.top_p, batch_size=cfg.sampling.prompts_per_batch,
-        seed=_stage_seed(cfg.seed, iteration), progress=progress,
+        model, tokenizer, prompts, cfg.sampling.k, temperature, cfg.sampling.max_new_tokens,
+        top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed,
     )
     flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
     flat_responses = [r for group in samples for r in group]
     rewards = reranker.score(flat_prompts, flat_responses)
-    ids = [ex.prompt_id for ex, group in zip(pool, samples) for _ in group]
+    ids = [ex.prompt_id for ex, group in zip(chunk, samples) for _ in group]
     return [
-        Candidate(pid, p, r, float(w), cfg.sampling.temperature, "own", iteration)
+        Candidate(pid, p, r, float(w), temperature, source, iteration)
         for pid, p, r, w in zip(ids, flat_prompts, flat_responses, rewards)
     ]
 
 
-def make_lists(run_dir: Path, cfg: Config, iteration: int, current: list[Candidate]) -> tuple[list[RankedList], dict]:
-    """This iteration's training lists: current candidates merged with remembered ones."""
+def sample_and_score(
+    model, tokenizer, pool: list[Example], reranker: Reranker, cfg: Config, iteration: int,
+    accelerator: Accelerator, progress: bool, temperature: float | None = None, source: str = "own",
+) -> list[Candidate]:
+    """K samples per prompt from the current policy, each scored by the reranker, in pool order.
+
+    The pool is cut into chunks of ``sampling.prompts_per_batch`` prompts; chunk c is sampled with
+    seed (run seed, iteration, c) by process c mod world, and the chunks are gathered on every
+    process. Neither the chunks nor their seeds depend on the number of processes, so neither do
+    the candidates. ``temperature`` (default ``sampling.temperature``) and ``source`` serve the
+    separately sampled hard negatives, which draw from seeds of their own.
+    """
+    temperature = cfg.sampling.temperature if temperature is None else temperature
+    salt = 0 if source == "own" else 500  # negatives never reuse the candidates' seeds
+    size = cfg.sampling.prompts_per_batch
+    chunks = [pool[start : start + size] for start in range(0, len(pool), size)]
+    rank, world = accelerator.process_index, accelerator.num_processes
+    mine = range(rank, len(chunks), world)
+    local = {
+        c: _score_chunk(model, tokenizer, chunks[c], reranker, cfg, iteration,
+                        _chunk_seed(cfg.seed, iteration + salt, c), temperature, source)
+        for c in tqdm(mine, desc="sampling", unit="batch", disable=not (progress and accelerator.is_main_process))
+    }
+    merged: dict[int, list[Candidate]] = {}
+    for part in gather_object([local]) if world > 1 else [local]:
+        merged.update(part)
+    return [candidate for c in range(len(chunks)) for candidate in merged[c]]
+
+
+def negative_candidates(
+    model, tokenizer, pool: list[Example], candidates: list[Candidate], reranker: Reranker, cfg: Config,
+    iteration: int, accelerator: Accelerator, progress: bool,
+) -> list[Candidate]:
+    """Scored hard negatives of ``lists.negatives`` for every pool prompt (none for ``own``)."""
+    source = cfg.lists.negatives
+    if source == "own":
+        return []
+    if source in ("own_low_temperature", "own_high_temperature"):
+        temperature = cfg.lists.low_temperature if source == "own_low_temperature" else cfg.lists.high_temperature
+        return sample_and_score(model, tokenizer, pool, reranker, cfg, iteration, accelerator, progress, temperature, source)
+    prompts = {ex.prompt_id: ex.prompt for ex in pool}
+    partners = (similar_partners(prompts) if source == "similar_prompt"
+                else random_partners(list(prompts), _stage_seed(cfg.seed, iteration)))
+    _, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
+    unscored = borrowed(candidates, partners, source, bottom)
+    rewards = reranker.score([c.prompt for c in unscored], [c.response for c in unscored])
+    return [replace(c, reward=float(r)) for c, r in zip(unscored, rewards)]
+
+
+def make_lists(
+    run_dir: Path, cfg: Config, iteration: int, current: list[Candidate], negatives: list[Candidate]
+) -> tuple[list[RankedList], dict]:
+    """This iteration's training lists: current candidates merged with remembered ones, and the
+    configured hard negatives (for any source but ``own``, they replace the list's bottom)."""
     prompt_ids = {c.prompt_id for c in current}
     pool = current + remembered(run_dir, iteration, cfg.lists.memorization, prompt_ids)
     top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    lists, stats = build_lists(pool, cfg.lists.strategy, top, bottom)
+    lists, stats = build_lists(pool, cfg.lists.strategy, top, bottom, None if cfg.lists.negatives == "own" else negatives)
     return lists, {
         "lists": stats.lists, "skipped_tied": stats.skipped_tied, "duplicates": stats.duplicates,
         "items": stats.items, "remembered": len(pool) - len(current), "sources": stats.sources,
     }
 
 
+def _reference_logps(
+    cfg: Config, initial_dir: Path, previous_dir: Path, tokenizer, lists: list[RankedList], accelerator: Accelerator
+):
+    """Reference log-probs for ``train.reference`` = initial | mix; None for previous (the trainer's default)."""
+    ref = reference_model(cfg.train.reference, initial_dir, previous_dir, cfg.train.reference_mix,
+                          lambda path: policy_from_config(path, cfg.model))
+    if ref is None:
+        return None
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return reference_logps(ref.to(accelerator.device), encode_lists(tokenizer, lists), pad_id,
+                           cfg.train.ref_batch_size, accelerator)
+
+
 def _evaluate(policy_dir: Path, task: Task, held_out: list[Example], cfg: Config, out: Path, policy: int, run_dir: Path,
               progress: bool) -> dict:
     if out.exists():
         return json.loads(out.read_text())
-    model, tokenizer = load_policy(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+    model, tokenizer = policy_from_config(policy_dir, cfg.model)
     scores = greedy_eval(model, tokenizer, task, held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
-    row = {"stage": "eval", "policy": policy, **scores}
+    row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k != "per_prompt"}}
     _replace_metric_rows(run_dir, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
     write_json_atomic(out, scores)
     return scores
 
 
-def _setup(cfg: Config, run_dir: str | Path) -> tuple[Path, Task, list[Example], list[Example]]:
+def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, task: Task, held_out: list[Example],
+                    reranker: Reranker, cfg: Config, out: Path) -> dict:
+    """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
+    if out.exists():
+        return json.loads(out.read_text())
+    model, tokenizer = policy_from_config(policy_dir, cfg.model)
+    baseline = policy_from_config(baseline_dir, cfg.model) if baseline_dir is not None else None
+    result = retriever_eval(model, tokenizer, task, held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
+                            cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
+    write_json_atomic(out, result)
+    return result
+
+
+def _setup(cfg: Config, run_dir: str | Path, write: bool = True) -> tuple[Path, Task, list[Example], list[Example]]:
+    """Check (every process) and write (``write``: the main process) the run's config; build the data."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(cfg, run_dir)
+    _check_or_write_config(cfg, run_dir, write)
     task = build_task(cfg.task)
     if cfg.sft.enabled and any(ex.answer is None for ex in task.train_examples()):
         raise ConfigError("sft.enabled: the task has prompts without an answer; set sft.enabled=false")
@@ -167,46 +278,84 @@ def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True) -> dic
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Run (or resume) the whole method in ``run_dir``; return the summary it also writes."""
+    """Run (or resume) the whole method in ``run_dir``; return the summary it also writes.
+
+    On several processes every process returns the summary; only the main one writes and logs.
+    """
     start = time.time()
-    run_dir, task, pool, held_out = _setup(cfg, run_dir)
     accelerator = make_accelerator(cfg.train)
-    if accelerator.num_processes > 1:
-        raise ConfigError("larpo run: the loop runs on one process; multi-process runs are not supported yet")
+    main = accelerator.is_main_process
+    log = log if main else (lambda _: None)
+    run_dir, task, pool, held_out = _setup(cfg, run_dir, write=main)
     reranker = build_reranker(cfg.reranker, task)
 
-    log(f"[larpo] run directory: {run_dir}")
-    policy_dir = initial_policy(cfg, task, run_dir, progress)
-    evals = [_evaluate(policy_dir, task, held_out, cfg, run_dir / "eval_sft.json", 0, run_dir, progress)]
+    def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, task, held_out, cfg, out, policy, run_dir, progress))
+
+    log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
+    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, task, run_dir, progress))
+    evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
     for s in range(cfg.loop.iterations):
         d = iteration_dir(run_dir, s)
+        # Each existence check below comes after a barrier and before anything writes that file,
+        # so every process takes the same branch.
         if not (d / "policy").exists():
-            model, tokenizer = load_policy(policy_dir, trust_remote_code=cfg.model.trust_remote_code)
+            model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True)  # LoRA, checkpointing
+            model.to(accelerator.device)
             if not (d / "candidates.jsonl").exists():
-                save_candidates(run_dir, s, sample_and_score(model, tokenizer, pool, reranker, cfg, s, progress))
-            if not (d / "lists.jsonl").exists():
-                lists, stats = make_lists(run_dir, cfg, s, load_candidates(run_dir, s))
+                candidates = sample_and_score(model, tokenizer, pool, reranker, cfg, s, accelerator, progress)
+                if main:
+                    save_candidates(run_dir, s, candidates)
+                accelerator.wait_for_everyone()
+            if cfg.lists.negatives != "own" and not (d / "negatives.jsonl").exists():
+                negatives = negative_candidates(
+                    model, tokenizer, pool, load_candidates(run_dir, s), reranker, cfg, s, accelerator, progress
+                )
+                if main:
+                    write_jsonl_atomic(d / "negatives.jsonl", (c.to_row() for c in negatives))
+                accelerator.wait_for_everyone()
+            if main and not (d / "lists.jsonl").exists():
+                negatives = ([Candidate.from_row(r) for r in read_jsonl(d / "negatives.jsonl")]
+                             if cfg.lists.negatives != "own" else [])
+                lists, stats = make_lists(run_dir, cfg, s, load_candidates(run_dir, s), negatives)
                 write_jsonl_atomic(d / "lists.jsonl", (rl.to_row() for rl in lists))
                 write_json_atomic(d / "lists_stats.json", stats)
+            accelerator.wait_for_everyone()
             lists = [RankedList.from_row(row) for row in read_jsonl(d / "lists.jsonl")]
             if not lists:
                 raise ConfigError(
                     f"iteration {s + 1}: every prompt's candidates tied, so there is nothing to train on; "
                     "raise sampling.k or sampling.temperature, or use task.reward=graded"
                 )
-            _replace_metric_rows(run_dir, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
+            if main:
+                _replace_metric_rows(run_dir, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
             train_phase(
                 model, tokenizer, lists, cfg.train, accelerator, seed=_stage_seed(cfg.seed, s),
                 metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
+                ref_logps=_reference_logps(cfg, initial_dir, policy_dir, tokenizer, lists, accelerator),
             )
-            save_policy(model, tokenizer, d / "policy")
+            limits = length_limits(tokenizer)
+            if main and (limits.max_prompt_tokens or limits.max_response_tokens):
+                _replace_metric_rows(run_dir, lambda r: r.get("stage") == "truncation" and r.get("iteration") == s, [
+                    {"stage": "truncation", "iteration": s, "truncated_prompt_encodings": limits.truncated_prompts,
+                     "truncated_response_encodings": limits.truncated_responses}])
+            if main:
+                save_policy(model, tokenizer, d / "policy")
+            accelerator.wait_for_everyone()
         policy_dir = d / "policy"
-        evals.append(_evaluate(policy_dir, task, held_out, cfg, d / "eval.json", s + 1, run_dir, progress))
+        evals.append(evaluate(policy_dir, d / "eval.json", s + 1))
         log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {evals[-1]['exact_accuracy']:.3f}, "
             f"gold reward {evals[-1]['gold_reward']:.3f}")
 
+    if cfg.eval.samples > 0:
+        for name, baseline in (("sft", None), ("final", initial_dir)):
+            current = initial_dir if name == "sft" else policy_dir
+            out = run_dir / f"retriever_eval_{name}.json"
+            _main_first(accelerator, lambda: _retriever_eval(current, baseline, task, held_out, reranker, cfg, out))
     summary = {"sft": evals[0], "final": evals[-1], "per_policy": evals, "wall_seconds": round(time.time() - start, 2)}
-    write_json_atomic(run_dir / "summary.json", summary)
+    if main:
+        write_json_atomic(run_dir / "summary.json", summary)
+    accelerator.wait_for_everyone()
     return summary

@@ -3,10 +3,17 @@
 A user's own model and the tiny default go through the same :func:`load_policy`, so everything
 downstream (sampling, log-probs, training) sees one kind of object. Loading is local-only and
 safetensors-only: nothing is downloaded and no pickle is ever unpickled.
+
+With ``model.lora`` the policy is a peft ``PeftModel``: the base weights are frozen and only the
+LoRA adapters train. A saved LoRA policy is an adapter directory (``adapter_config.json``,
+``adapter_model.safetensors``, tokenizer) whose config names its base model's local directory;
+:func:`load_policy` recognises it and loads base + adapter, and :func:`export_model` merges the
+adapters into a plain model directory that needs neither peft nor the base.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -14,6 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import torch
+from peft import LoraConfig, PeftModel, get_peft_model
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -26,8 +34,11 @@ from transformers import (
 )
 
 from .config import ConfigError, ModelConfig
+from .encoding import set_length_limits
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # model.dtype → torch dtype
+ADAPTER_CONFIG = "adapter_config.json"  # what marks a saved LoRA policy
 
 
 def build_tokenizer(corpus: Iterable[str], vocab_size: int) -> PreTrainedTokenizerFast:
@@ -70,12 +81,55 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
         return LlamaForCausalLM(config)
 
 
+def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
+    """Wrap ``model`` in LoRA adapters (``model.lora_*``); the base weights are frozen, only adapters train.
+
+    ``lora_target_modules: null`` takes peft's default modules for the architecture (the attention
+    query and value projections for Llama); ``[all-linear]`` is peft's every-linear-layer shorthand.
+    The adapters start as the identity (LoRA's B is zero), so the wrapped model computes exactly
+    what ``model`` did. ``model`` itself is modified in place.
+    """
+    targets = cfg.lora_target_modules
+    lora = LoraConfig(
+        task_type="CAUSAL_LM",
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha,
+        lora_dropout=cfg.lora_dropout,
+        target_modules="all-linear" if targets == ["all-linear"] else targets,
+    )
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # no default modules for this architecture, or a name that matches nothing
+        raise ConfigError(f"model.lora_target_modules: got {targets!r}, which peft cannot use ({e})") from None
+
+
+def prepare_policy(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
+    """The policy as ``cfg`` wants it trained: LoRA-wrapped (once) and with activation checkpointing."""
+    if cfg.lora and not isinstance(model, PeftModel):
+        model = apply_lora(model, cfg)
+    if cfg.gradient_checkpointing:
+        base = model.get_base_model() if isinstance(model, PeftModel) else model
+        # Recomputes activations in backward, in train mode only. Non-reentrant checkpointing lets
+        # gradients reach adapters behind a frozen embedding; transformers ≥ 5.24 names it so by default.
+        enable = getattr(base, "activation_checkpointing_enable", None)
+        if enable is not None:
+            enable()
+        else:
+            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    return model
+
+
 def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
     """Write model and tokenizer (safetensors) to ``directory``, atomically replacing what was there.
 
+    A ``PeftModel`` is saved as its adapters only; their config records the base model's
+    directory, which must be a saved model (it is whenever the base came from :func:`load_policy`).
     Both are written to a temporary sibling first; a crash leaves either the old directory or the
     new one, never a half-written policy.
     """
+    if isinstance(model, PeftModel):
+        base = model.peft_config[model.active_adapter].base_model_name_or_path
+        check_local_model_dir(base or "<none>", "the LoRA base model (load it with load_policy before adding adapters)")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
@@ -91,6 +145,23 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dire
             os.replace(tmp, directory)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def is_adapter_dir(path: str | Path) -> bool:
+    """Whether ``path`` holds a saved LoRA policy (adapters) rather than a whole model."""
+    return (Path(path) / ADAPTER_CONFIG).is_file()
+
+
+def adapter_base(path: str | Path, key: str = "model.path") -> Path:
+    """The checked local base-model directory that the adapter directory ``path`` was trained on."""
+    path = Path(path)
+    if not (path / "adapter_model.safetensors").is_file():
+        raise ConfigError(f"{key}: {path} has no adapter_model.safetensors (.bin/pickle adapters are not loaded)")
+    try:
+        base = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
+    except (OSError, ValueError, KeyError) as e:
+        raise ConfigError(f"{key}: {path / ADAPTER_CONFIG} has no readable base_model_name_or_path ({e})") from None
+    return check_local_model_dir(base or "<none>", f"{key} (the LoRA base named in {path / ADAPTER_CONFIG})")
 
 
 def check_local_model_dir(path: str | Path, key: str) -> Path:
@@ -115,17 +186,47 @@ def load_policy(
     """Load a causal LM and its tokenizer from a local directory (no network, safetensors only).
 
     ``dtype=None`` keeps the dtype recorded in the checkpoint. A tokenizer without a pad token
-    gets its EOS token as pad.
+    gets its EOS token as pad. An adapter directory (a saved LoRA policy) loads as its base model
+    with the adapters on top, trainable, so that training continues where it stopped; the
+    adapters stay in float32 when the base is bfloat16 (peft's default).
     """
-    path = check_local_model_dir(path, "model.path")
+    path = Path(path)
+    adapters = is_adapter_dir(path)
+    base = adapter_base(path) if adapters else check_local_model_dir(path, "model.path")
     tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForCausalLM.from_pretrained(
-        path,
+        str(base.resolve()),  # an absolute name_or_path: what a LoRA policy trained on it records as its base
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
         local_files_only=True,
         dtype=dtype if dtype is not None else "auto",
     )
+    if adapters:
+        model = PeftModel.from_pretrained(model, path, is_trainable=True)
     return model, tokenizer
+
+
+def policy_from_config(
+    path: str | Path, cfg: ModelConfig, train: bool = False
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """:func:`load_policy` with ``model.dtype`` and the prompt/response token limits of ``cfg``; with
+    ``train``, also LoRA and activation checkpointing as configured (:func:`prepare_policy`)."""
+    model, tokenizer = load_policy(path, trust_remote_code=cfg.trust_remote_code, dtype=DTYPES[cfg.dtype])
+    set_length_limits(tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens)
+    return (prepare_policy(model, cfg) if train else model), tokenizer
+
+
+def export_model(policy_dir: str | Path, out_dir: str | Path, trust_remote_code: bool = False) -> bool:
+    """Save the policy in ``policy_dir`` as a plain model + tokenizer directory (safetensors) in ``out_dir``.
+
+    LoRA adapters are merged into the base weights (``merge_and_unload``); a plain model is
+    re-saved as it is. Returns whether adapters were merged.
+    """
+    model, tokenizer = load_policy(policy_dir, trust_remote_code=trust_remote_code)
+    merged = isinstance(model, PeftModel)
+    if merged:
+        model = model.merge_and_unload()
+    save_policy(model, tokenizer, out_dir)
+    return merged

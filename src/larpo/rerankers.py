@@ -97,10 +97,13 @@ class HFReranker:
             self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.model.to(self.device).eval()
 
-    def _token_ids(self, prompt: str, response: str) -> list[int]:
+    def _token_ids(self, prompt: str | list[dict], response: str) -> list[int]:
         if self.tokenizer.chat_template is None:
+            if not isinstance(prompt, str):
+                raise ConfigError("reranker.path: a prompt given as messages needs a reward model tokenizer with a chat template")
             return self.tokenizer(prompt + response, add_special_tokens=True)["input_ids"]
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        turns = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+        messages = [*turns, {"role": "assistant", "content": response}]
         text = self.tokenizer.apply_chat_template(messages, tokenize=False)
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]  # the template has its own BOS
 

@@ -28,7 +28,7 @@ from .config import TrainConfig
 from .encoding import encode_prompt, encode_response
 from .io import append_jsonl
 from .lists import RankedList
-from .logprobs import collate_pairs, sequence_logps
+from .logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 from .losses import get_loss
 
 
@@ -64,6 +64,11 @@ def make_accelerator(cfg: TrainConfig) -> Accelerator:
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
 
 
+def list_tokens(el: EncodedList) -> int:
+    """Token positions a list costs in one forward: prompt once plus every response."""
+    return len(el.prompt_ids) + sum(len(r) for r in el.response_ids)
+
+
 def _flat_pairs(batch: Sequence[EncodedList]) -> list[tuple[list[int], list[int]]]:
     return [(el.prompt_ids, r) for el in batch for r in el.response_ids]
 
@@ -91,20 +96,20 @@ def reference_logps(
     """
     rank, world = accelerator.process_index, accelerator.num_processes
     mine = list(range(rank, len(encoded), world))
-    pairs = [(i, el.prompt_ids, r) for i in mine for el in [encoded[i]] for r in el.response_ids]
+    pairs = [(el.prompt_ids, r) for i in mine for el in [encoded[i]] for r in el.response_ids]
+    order = sorted(range(len(pairs)), key=lambda j: len(pairs[j][0]) + len(pairs[j][1]))  # less padding
     was_training = model.training
     model.eval()
-    flat: list[torch.Tensor] = []
+    values = torch.zeros(len(pairs))
     bar = tqdm(total=len(pairs), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
     with torch.no_grad(), accelerator.autocast():
-        for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start : start + batch_size]
-            batch = {k: v.to(accelerator.device) for k, v in collate_pairs([(p, r) for _, p, r in chunk], pad_id).items()}
-            flat.append(sequence_logps(model, batch).float().cpu())
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            batch = {k: v.to(accelerator.device) for k, v in collate_pairs([pairs[j] for j in chunk], pad_id).items()}
+            values[chunk] = sequence_logps(model, batch).float().cpu()
             bar.update(len(chunk))
     bar.close()
     model.train(was_training)
-    values = torch.cat(flat) if flat else torch.zeros(0)
     local, offset = {}, 0
     for i in mine:
         m = len(encoded[i].response_ids)
@@ -120,11 +125,28 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
     """[correct pairs, pairs, Σ margin] over the pairs the reranker orders strictly.
 
     gamma, rewards: [B, m]; mask: [B, m]. A pair (i, j) with reward_i > reward_j is correct when
-    γ_i > γ_j; the margin is γ_i − γ_j. Returns a float64 tensor [3] (sums, for reduction).
+    γ_i > γ_j and counts half when γ_i = γ_j; the margin is γ_i − γ_j. Returns a float64 tensor [3]
+    (sums, for reduction).
     """
     ordered = (rewards[:, :, None] > rewards[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-    diff = (gamma[:, :, None] - gamma[:, None, :]).detach().double()
-    return torch.stack([(ordered & (diff > 0)).sum().double(), ordered.sum().double(), diff[ordered].sum()])
+    diff = (gamma[:, :, None] - gamma[:, None, :]).detach().double()[ordered]
+    correct = (diff > 0).double().sum() + 0.5 * (diff == 0).double().sum()
+    return torch.stack([correct, ordered.sum().double(), diff.sum()])
+
+
+def policy_logps(
+    model: nn.Module, batch: Sequence[EncodedList], pad_id: int, device: torch.device, shared_prompt: bool
+) -> torch.Tensor:
+    """log π of every response of a micro-batch of lists, flat [Σ m], list by list.
+
+    ``shared_prompt`` runs each list's prompt once and reuses its key/value cache for the m
+    responses; otherwise every (prompt, response) pair is a sequence of its own.
+    """
+    if shared_prompt:
+        inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad_id)
+        return shared_prompt_logps(model, {k: v.to(device) for k, v in inputs.items()})
+    inputs = collate_pairs(_flat_pairs(batch), pad_id)
+    return sequence_logps(model, {k: v.to(device) for k, v in inputs.items()})
 
 
 def _list_losses(
@@ -132,17 +154,16 @@ def _list_losses(
     batch: Sequence[EncodedList],
     ref: Sequence[torch.Tensor],
     loss_fn,
-    beta: float,
+    cfg: TrainConfig,
     pad_id: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
     sizes = [len(el.response_ids) for el in batch]
-    inputs = {k: v.to(device) for k, v in collate_pairs(_flat_pairs(batch), pad_id).items()}
-    policy, mask = _to_matrix(sequence_logps(model, inputs), sizes)
+    policy, mask = _to_matrix(policy_logps(model, batch, pad_id, device, cfg.shared_prompt), sizes)
     reference, _ = _to_matrix(torch.cat(list(ref)).to(device), sizes)
     rewards, _ = _to_matrix(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32, device=device), sizes)
-    gamma = beta * (policy - reference)
+    gamma = cfg.beta * (policy - reference)
     return loss_fn(gamma, mask, rewards), pair_statistics(gamma, mask, rewards)
 
 
@@ -176,6 +197,7 @@ def train_phase(
     if cfg.loss == "lambdarank":
         loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
 
+    lengths = [list_tokens(el) for el in encoded]
     steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
     total_steps = steps_per_epoch * cfg.epochs
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -191,7 +213,8 @@ def train_phase(
         order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
         for start in range(0, len(order), cfg.batch_size):
             step_ids = order[start : start + cfg.batch_size]
-            mine = step_ids[rank::world]
+            # Lists of similar length share a micro-batch (less padding); a step's mean is unchanged.
+            mine = sorted(step_ids[rank::world], key=lambda i: lengths[i])
             n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
             scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
             totals = torch.zeros(4, dtype=torch.float64, device=device)  # Σ loss, correct, pairs, Σ margin
@@ -203,7 +226,7 @@ def train_phase(
                 sync = micro == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
                     per_list, stats = _list_losses(
-                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg.beta, pad_id, device
+                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad_id, device
                     )
                     accelerator.backward(per_list.sum() * (scale * weight))
                 totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])

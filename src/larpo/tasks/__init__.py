@@ -6,6 +6,7 @@ A task is anything that satisfies the small :class:`Task` protocol; :func:`build
 - ``arithmetic``: ``"123+456="`` → ``"579"`` (:mod:`larpo.tasks.arithmetic`)
 - ``sorting``: ``"sort 42 7 93 7 15:"`` → ``"7 7 15 42 93"`` (:mod:`larpo.tasks.sorting`)
 - ``jsonl``: the user's prompts file and reward function (:mod:`larpo.tasks.jsonl`)
+- ``dataset``: a ``datasets`` dataset saved on disk and the user's reward function (:mod:`larpo.tasks.dataset`)
 
 The synthetic built-ins share :class:`SyntheticTask`: prompts are drawn without replacement from a
 finite space, deterministically from ``task.seed``, and each prompt determines its own answer, so
@@ -123,10 +124,13 @@ class SyntheticTask(ABC):
 
 # The task modules import Example and SyntheticTask from this package, so they come after them.
 from .arithmetic import ArithmeticTask  # noqa: E402
+from .dataset import DatasetTask  # noqa: E402
 from .jsonl import JsonlTask  # noqa: E402
 from .sorting import SortingTask  # noqa: E402
 
-TASKS: dict[str, type] = {"arithmetic": ArithmeticTask, "sorting": SortingTask, "jsonl": JsonlTask}
+TASKS: dict[str, type] = {
+    "arithmetic": ArithmeticTask, "sorting": SortingTask, "jsonl": JsonlTask, "dataset": DatasetTask,
+}
 
 
 def build_task(cfg: TaskConfig) -> Task:
@@ -136,4 +140,4 @@ def build_task(cfg: TaskConfig) -> Task:
     return TASKS[cfg.name](cfg)
 
 
-__all__ = ["ArithmeticTask", "Example", "JsonlTask", "SortingTask", "SyntheticTask", "TASKS", "Task", "build_task"]
+__all__ = ["ArithmeticTask", "DatasetTask", "Example", "JsonlTask", "SortingTask", "SyntheticTask", "TASKS", "Task", "build_task"]

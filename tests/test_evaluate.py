@@ -1,0 +1,88 @@
+"""larpo.evaluate.retriever_eval and `larpo eval` on the tiny random policy."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from larpo.cli import main
+from larpo.config import RerankerConfig, TaskConfig
+from larpo.evaluate import format_table, greedy_eval, retriever_eval
+from larpo.models import load_policy
+from larpo.rerankers import build_reranker
+from larpo.tasks import build_task
+
+
+@pytest.fixture(scope="module")
+def task():
+    return build_task(TaskConfig(digits=1, n_train=20, n_eval=10))
+
+
+def _in_unit(stat):
+    return stat["mean"] is None or 0 <= stat["low"] <= stat["mean"] <= stat["high"] <= 1
+
+
+def test_retriever_eval_has_every_block(tiny_model_dir, task):
+    model, tokenizer = load_policy(tiny_model_dir)
+    reranker = build_reranker(RerankerConfig(kind="rule"), task)
+    examples = task.eval_examples()[:6]
+    result = retriever_eval(model, tokenizer, task, examples, reranker, n_samples=8, temperatures=[0.7, 1.2],
+                            max_new_tokens=4, batch_size=16, seed=0, baseline=(model, tokenizer))
+    result = json.loads(json.dumps(result, allow_nan=False))  # strict JSON
+    assert result["n_prompts"] == 6
+    assert result["greedy"]["n_prompts"] == 6 and result["greedy"]["n_samples"] == 1
+    assert _in_unit(result["greedy"]["exact_accuracy"]) and _in_unit(result["greedy"]["gold_reward"])
+    assert set(result["sampled"]) == {"0.7", "1.2"}
+    for block in result["sampled"].values():
+        assert block["n_prompts"] == 6 and block["n_samples"] == 8
+        assert list(block["pass_at_k"]) == ["1", "2", "4", "8"]
+        assert list(block["best_of_n"]) == ["1", "2", "4", "8"]
+        means = [s["mean"] for s in block["pass_at_k"].values()]
+        assert all(a <= b + 1e-12 for a, b in zip(means, means[1:]))  # non-decreasing in k
+        assert block["best_of_n"]["1"]["mean"] == pytest.approx(block["gold_reward"]["mean"])
+        assert all(_in_unit(s) for s in [*block["pass_at_k"].values(), *block["best_of_n"].values()])
+        ranking = block["ranking"]
+        assert ranking["n_samples"] == 8 and 0 <= ranking["n_prompts"] <= 6
+        assert 1 <= ranking["mean_distinct_candidates"] <= 8
+        assert all(_in_unit(ranking[k]) for k in ("ndcg@1", "ndcg@5", "ndcg", "mrr"))
+        assert block["mean_length"] >= 0
+    base = result["baseline"]
+    assert base["n_prompts"] == 6 and base["n_samples"] == 1
+    # the same policy against itself ties on every prompt
+    assert base["win_rate_reranker"]["mean"] == 0.5 and base["win_rate_gold"]["mean"] == 0.5
+    assert "pass@8" in format_table(result) and "win rate gold" in format_table(result)
+
+
+def test_retriever_eval_agrees_with_greedy_eval(tiny_model_dir, task):
+    model, tokenizer = load_policy(tiny_model_dir)
+    examples = task.eval_examples()[:5]
+    result = retriever_eval(model, tokenizer, task, examples, build_reranker(RerankerConfig(), task), 2, [1.0], 4)
+    old = greedy_eval(model, tokenizer, task, examples, 4)
+    assert result["greedy"]["exact_accuracy"]["mean"] == pytest.approx(old["exact_accuracy"])
+    assert result["greedy"]["gold_reward"]["mean"] == pytest.approx(old["gold_reward"])
+    assert "baseline" not in result
+
+
+def test_cli_eval_writes_json(tiny_model_dir, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("task: {digits: 1, n_train: 20, n_eval: 10}\nsampling: {max_new_tokens: 4}\n")
+    out = tmp_path / "x.json"
+    cmd = [sys.executable, "-m", "larpo.cli", "eval", str(tiny_model_dir), "--config", str(config),
+           "--samples", "4", "--prompts", "5", "--temperatures", "1.0", "--out", str(out)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pass@4" in proc.stdout and "95% CI" in proc.stdout
+    result = json.loads(out.read_text())
+    assert result["n_prompts"] == 5 and result["sampled"]["1.0"]["n_samples"] == 4
+
+
+@pytest.mark.parametrize("extra", [[], ["--temperatures", "0.5,x"], ["--samples", "0"]])
+def test_cli_eval_user_errors(tmp_path, tiny_model_dir, capsys, extra):
+    policy = tmp_path / "missing" if not extra else tiny_model_dir
+    assert main(["eval", str(policy), "--out", str(tmp_path / "x.json"), *extra]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("larpo: error:") and err.count("\n") == 1
+    assert not (tmp_path / "x.json").exists()

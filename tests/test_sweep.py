@@ -1,0 +1,102 @@
+"""larpo sweep: grid files, shared SFT, resume after a kill, intervals and paired tests."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from larpo.config import ConfigError
+from larpo.sweep import load_grid, mean_interval, paired_test, run_grid
+
+from test_loop import SMALL
+
+GRID = {
+    "name": "lr",
+    "overrides": [*SMALL, "loop.iterations=1", "eval.samples=0"],
+    "seeds": [0, 1],
+    "baseline": "base",
+    "cells": {"base": [], "fast": ["train.lr=3e-3"], "same-as-base": ["train.lr=1e-3"]},
+}
+
+
+def write_grid(directory, grid=GRID):
+    path = directory / "grid.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("sweep")
+    grid = load_grid(write_grid(directory))
+    return grid, directory / "out", run_grid(grid, directory / "out", progress=False)
+
+
+def test_equal_configs_run_once_and_sft_is_shared_per_seed(finished):
+    _, out, results = finished
+    index = json.loads((out / "index.json").read_text())
+    assert index["same-as-base"] == index["base"]  # SMALL already has train.lr=1e-3
+    assert len(list((out / "runs").iterdir())) == 4  # 2 distinct configs x 2 seeds
+    assert len(list((out / "sft-cache").iterdir())) == 2  # one SFT per seed, shared by the cells
+    assert set(results["cells"]) == {"base", "fast", "same-as-base"}
+
+
+def test_results_hold_intervals_and_paired_tests_against_the_baseline(finished):
+    _, out, results = finished
+    fast = results["cells"]["fast"]
+    mean, lo, hi = fast["summary"]["final.exact_accuracy"]
+    assert lo <= mean <= hi and len(fast["values"]["final.exact_accuracy"]) == 2
+    assert "p_seeds" in fast["vs_baseline"]["final.gold_reward"] and "p_prompts" in fast["vs_baseline"]["final.gold_reward"]
+    text = (out / "results.md").read_text()
+    assert "| fast |" in text and "baseline" in text and (out / "results.png").is_file()
+
+
+def test_a_killed_sweep_resumes_without_rerunning_a_finished_cell(finished, tmp_path):
+    _, _, want = finished
+    want = json.loads(json.dumps(want))  # as written to results.json
+    grid_path = write_grid(tmp_path)
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "larpo.cli", "sweep", str(grid_path), "--out", str(out), "--quiet"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    deadline = time.time() + 300
+    while not list(out.glob("runs/*/summary.json")) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = list(out.glob("runs/*/summary.json"))
+    assert len(first) == 1 and not (out / "results.json").exists()
+    mtime = first[0].stat().st_mtime_ns
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    assert first[0].stat().st_mtime_ns == mtime  # the finished cell did not run again
+    got = json.loads((out / "results.json").read_text())
+    for cell, row in want["cells"].items():
+        assert got["cells"][cell]["values"] == row["values"]
+        assert got["cells"][cell]["summary"] == row["summary"]
+
+
+def test_mean_interval_and_paired_test_on_hand_computed_cases():
+    mean, lo, hi = mean_interval([1.0, 2.0, 3.0])
+    # sd = 1, t(0.975, 2) = 4.302653, half-width = 4.302653 / sqrt(3) = 2.484138
+    assert mean == 2.0 and abs(lo - (2.0 - 2.484138)) < 1e-5 and abs(hi - (2.0 + 2.484138)) < 1e-5
+    assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
+    # differences 1, 2, 2: mean 5/3, sd 0.57735, t = 5.0 with 2 degrees of freedom, p = 0.037749
+    assert abs(paired_test([1.0, 2.0, 3.0], [0.0, 0.0, 1.0]) - 0.037749) < 1e-5
+    assert paired_test([1.0, 2.0], [1.0, 2.0]) is None
+
+
+def test_bad_grid_files_name_the_problem(tmp_path):
+    for grid, message in [
+        ({**GRID, "baseline": "nope"}, "baseline: 'nope' is not one of the cells"),
+        ({**GRID, "seeds": []}, "seeds: expected a non-empty list"),
+        ({**GRID, "baseline": None, "cells": {"x": ["train.loss=hinge"]}}, "cell 'x': train.loss: got 'hinge'"),
+        ({**GRID, "colour": 1}, "colour: unknown key"),
+    ]:
+        with pytest.raises(ConfigError, match=message):
+            load_grid(write_grid(tmp_path, grid))
