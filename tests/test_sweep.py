@@ -39,7 +39,7 @@ def finished(tmp_path_factory):
 
 def test_equal_configs_run_once_and_sft_is_shared_per_seed(finished):
     _, out, results = finished
-    index = json.loads((out / "index.json").read_text())
+    index = json.loads((out / "lr-index.json").read_text())
     assert index["same-as-base"] == index["base"]  # SMALL already has train.lr=1e-3
     assert len(list((out / "runs").iterdir())) == 4  # 2 distinct configs x 2 seeds
     assert len(list((out / "sft-cache").iterdir())) == 2  # one SFT per seed, shared by the cells
@@ -52,8 +52,8 @@ def test_results_hold_intervals_and_paired_tests_against_the_baseline(finished):
     mean, lo, hi = fast["summary"]["final.exact_accuracy"]
     assert lo <= mean <= hi and len(fast["values"]["final.exact_accuracy"]) == 2
     assert "p_seeds" in fast["vs_baseline"]["final.gold_reward"] and "p_prompts" in fast["vs_baseline"]["final.gold_reward"]
-    text = (out / "results.md").read_text()
-    assert "| fast |" in text and "baseline" in text and (out / "results.png").is_file()
+    text = (out / "lr.md").read_text()
+    assert "| fast |" in text and "baseline" in text and (out / "lr.png").is_file()
 
 
 def test_a_killed_sweep_resumes_without_rerunning_a_finished_cell(finished, tmp_path):
@@ -70,12 +70,12 @@ def test_a_killed_sweep_resumes_without_rerunning_a_finished_cell(finished, tmp_
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     first = list(out.glob("runs/*/summary.json"))
-    assert len(first) == 1 and not (out / "results.json").exists()
+    assert len(first) == 1 and not (out / "lr.json").exists()
     mtime = first[0].stat().st_mtime_ns
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
     assert first[0].stat().st_mtime_ns == mtime  # the finished cell did not run again
-    got = json.loads((out / "results.json").read_text())
+    got = json.loads((out / "lr.json").read_text())
     for cell, row in want["cells"].items():
         assert got["cells"][cell]["values"] == row["values"]
         assert got["cells"][cell]["summary"] == row["summary"]

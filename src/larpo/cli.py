@@ -123,9 +123,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     grid = load_grid(args.grid)
     out = Path(args.out) if args.out else Path("sweeps") / grid.name
-    run_grid(grid, out, progress=not args.quiet)
-    print(format_results(grid, json.loads((out / "results.json").read_text())))
-    print(f"[larpo] wrote {out / 'results.md'} and {out / 'results.png'}")
+    results = run_grid(grid, out, progress=not args.quiet, sft_cache=args.sft_cache)
+    print(format_results(grid, results))
+    print(f"[larpo] wrote {out / (grid.name + '.md')} and {out / (grid.name + '.png')}")
     return 0
 
 
@@ -201,12 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.set_defaults(func=cmd_compare)
     sw = sub.add_parser("sweep", help="run a grid of config overrides x seeds and test the differences",
                         description="Run every cell x seed of GRID.yaml as an ordinary run directory (resumable; equal "
-                        "configs run once; SFT checkpoints shared), then write results.md/json/png: mean and 95%% "
+                        "configs run once; SFT checkpoints shared), then write <out>/<name>.md/json/png: mean and 95%% "
                         "interval over seeds per cell, the difference to the baseline cell and paired t-tests. "
+                        "Several grids may share one --out: equal configs then run once across them. "
                         "Grid format: see configs/ablations/ and docs/findings.md.")
     sw.add_argument("grid", metavar="GRID.yaml")
     sw.add_argument("--out", help="sweep directory (default: sweeps/<grid name>); rerun to resume")
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
+    sw.add_argument("--sft-cache", metavar="DIR", help="SFT checkpoints shared across sweeps (default: <out>/sft-cache)")
     sw.set_defaults(func=cmd_sweep)
     em = sub.add_parser("export-model", help="save a policy as a plain Hugging Face model (LoRA adapters merged)",
                         description="Save POLICY_DIR (a run's sft/ or iter_<s>/policy/) to OUT_DIR as a plain "

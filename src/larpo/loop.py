@@ -258,6 +258,14 @@ def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, task: Task, hel
     return result
 
 
+def retriever_brief(result: dict) -> dict:
+    """The headline retriever metrics at the first evaluation temperature: pass@k per k, NDCG, MRR."""
+    block = next(iter(result["sampled"].values()))
+    brief = {f"pass@{k}": v["mean"] for k, v in block["pass_at_k"].items()}
+    brief.update(temperature=block["temperature"], ndcg=block["ranking"]["ndcg"]["mean"], mrr=block["ranking"]["mrr"]["mean"])
+    return brief
+
+
 def _setup(cfg: Config, run_dir: str | Path, write: bool = True) -> tuple[Path, Task, list[Example], list[Example]]:
     """Check (every process) and write (``write``: the main process) the run's config; build the data."""
     run_dir = Path(run_dir)
@@ -349,12 +357,15 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
         log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {evals[-1]['exact_accuracy']:.3f}, "
             f"gold reward {evals[-1]['gold_reward']:.3f}")
 
+    summary = {"sft": evals[0], "final": evals[-1], "per_policy": evals}
     if cfg.eval.samples > 0:
+        summary["retriever"] = {}
         for name, baseline in (("sft", None), ("final", initial_dir)):
             current = initial_dir if name == "sft" else policy_dir
             out = run_dir / f"retriever_eval_{name}.json"
-            _main_first(accelerator, lambda: _retriever_eval(current, baseline, task, held_out, reranker, cfg, out))
-    summary = {"sft": evals[0], "final": evals[-1], "per_policy": evals, "wall_seconds": round(time.time() - start, 2)}
+            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, task, held_out, reranker, cfg, out))
+            summary["retriever"][name] = retriever_brief(result)
+    summary["wall_seconds"] = round(time.time() - start, 2)
     if main:
         write_json_atomic(run_dir / "summary.json", summary)
     accelerator.wait_for_everyone()

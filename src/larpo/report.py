@@ -134,5 +134,11 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     print(f"{'held-out (greedy)':<20}{'SFT':>8}{'final':>8}{'change':>9}")
     for key in ("exact_accuracy", "gold_reward"):
         print(f"{key:<20}{sft[key]:>8.3f}{final[key]:>8.3f}{final[key] - sft[key]:>+9.3f}")
+    retriever = summary.get("retriever")
+    if retriever:
+        ks = [k for k in retriever["final"] if k.startswith("pass@")]
+        for key in (ks[0], ks[-1], "ndcg", "mrr"):
+            a, b = retriever["sft"][key], retriever["final"][key]
+            print(f"{key + ' (T=' + str(retriever['final']['temperature']) + ')':<20}{a:>8.3f}{b:>8.3f}{b - a:>+9.3f}")
     print(f"\n{sft['n_prompts']} held-out prompts; wall time {summary['wall_seconds']:.0f} s; "
           f"report: {run_dir / 'report.md'}")

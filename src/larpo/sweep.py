@@ -13,11 +13,13 @@ A grid file::
       T=0.9: [sampling.temperature=0.9]
 
 Runs live in ``<out>/runs/<hash of the resolved config>``, so cells whose resolved configs are
-equal run once; a finished run (its summary.json) is never run again, and an unfinished one
-resumes where it stopped. Runs that share task, model, SFT and seed reuse one SFT checkpoint
-(``<out>/sft-cache``). Results: a table of mean and 95% interval over seeds per cell and metric,
-the difference to the baseline with a paired t-test over seeds (and over seeds × prompts for
-held-out accuracy and reward), ``results.md``, ``results.json`` and ``results.png``.
+equal run once — also across grids swept into the same ``<out>``; a finished run (its
+summary.json) is never run again, and an unfinished one resumes where it stopped. Runs that share
+task, model, SFT and seed reuse one SFT checkpoint (``<out>/sft-cache``). Results: a table of mean
+and 95% interval over seeds per cell and metric, the difference to the baseline with a paired
+t-test over seeds (and over seeds × prompts for held-out accuracy and reward), in
+``<out>/<name>.md``, ``<name>.json`` and ``<name>.png``. The time column is each run's
+``wall_seconds`` (of its last invocation; SFT included where it was not shared).
 """
 
 from __future__ import annotations
@@ -27,7 +29,6 @@ import json
 import math
 import os
 import shutil
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,15 +113,23 @@ def sft_key(cfg: C.Config) -> str:
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
-    """Hard-link (or copy, across file systems) a directory tree into a temporary name, then rename."""
-    tmp = dst.with_name(f".{dst.name}.tmp")
+    """Hard-link (or copy, across file systems) a directory tree into a temporary name, then rename.
+
+    Two sweeps sharing a cache may race to fill the same entry: the first rename wins.
+    """
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(src, tmp, copy_function=os.link)
     except OSError:
         shutil.rmtree(tmp, ignore_errors=True)
         shutil.copytree(src, tmp)
-    os.replace(tmp, dst)
+    try:
+        os.replace(tmp, dst)
+    except OSError:
+        if not dst.exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> None:
@@ -131,19 +140,22 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
     src, dst = (entry, run_dir) if into_run else (run_dir, entry)
     if (src / "sft").is_dir() and (src / "eval_sft.json").is_file() and not (dst / "sft").exists():
         dst.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(src / "eval_sft.json", dst / f".eval_sft.{os.getpid()}.json")
+        os.replace(dst / f".eval_sft.{os.getpid()}.json", dst / "eval_sft.json")
         _copy_tree(src / "sft", dst / "sft")
-        shutil.copy2(src / "eval_sft.json", dst / "eval_sft.json")
 
 
-def run_grid(grid: Grid, out: str | Path, progress: bool = True) -> dict:
-    """Run every (cell, seed) not yet finished; return and write the results."""
+def run_grid(grid: Grid, out: str | Path, progress: bool = True, sft_cache: str | Path | None = None) -> dict:
+    """Run every (cell, seed) not yet finished; return and write the results.
+
+    ``sft_cache`` (default ``<out>/sft-cache``) may be shared by several sweeps.
+    """
     from .loop import run
 
     out = Path(out)
+    cache = Path(sft_cache) if sft_cache is not None else out / "sft-cache"
     jobs = [(cell, seed) for cell in grid.cells for seed in grid.seeds]
     index: dict[str, dict[str, str]] = {cell: {} for cell in grid.cells}
-    timing_path = out / "wall_seconds.json"
-    timings = json.loads(timing_path.read_text()) if timing_path.exists() else {}
     for cell, seed in tqdm(jobs, desc=f"sweep {grid.name}", unit="cell", disable=not progress):
         cfg = cell_config(grid, cell, seed)
         key = run_key(cfg)
@@ -151,17 +163,14 @@ def run_grid(grid: Grid, out: str | Path, progress: bool = True) -> dict:
         run_dir = out / "runs" / key
         if (run_dir / "summary.json").exists():
             continue
-        _share_sft(cfg, run_dir, out / "sft-cache", into_run=True)
-        start = time.time()
+        _share_sft(cfg, run_dir, cache, into_run=True)
         run(cfg, run_dir, progress=False, log=lambda _: None)
-        timings[key] = round(time.time() - start, 2)
-        write_json_atomic(timing_path, timings)
-        _share_sft(cfg, run_dir, out / "sft-cache", into_run=False)
-    write_json_atomic(out / "index.json", index)
-    results = summarize(grid, out, index, timings)
-    write_json_atomic(out / "results.json", results)
-    write_text_atomic(out / "results.md", format_results(grid, results))
-    plot_results(grid, results, out / "results.png")
+        _share_sft(cfg, run_dir, cache, into_run=False)
+    write_json_atomic(out / f"{grid.name}-index.json", index)
+    results = summarize(grid, out, index)
+    write_json_atomic(out / f"{grid.name}.json", results)
+    write_text_atomic(out / f"{grid.name}.md", format_results(grid, results))
+    plot_results(grid, results, out / f"{grid.name}.png")
     return results
 
 
@@ -197,14 +206,14 @@ def _per_prompt(run_dir: Path, field: str) -> list[float] | None:
     return [float(v) for v in values] if values is not None else None
 
 
-def summarize(grid: Grid, out: Path, index: dict, timings: dict) -> dict:
+def summarize(grid: Grid, out: Path, index: dict) -> dict:
     rows = {}
     for cell, runs in index.items():
         dirs = [out / "runs" / runs[str(s)] for s in grid.seeds]
         summaries = [json.loads((d / "summary.json").read_text()) for d in dirs]
         rows[cell] = {
             "seeds": grid.seeds,
-            "wall_seconds": [timings.get(runs[str(s)]) for s in grid.seeds],
+            "wall_seconds": [s["wall_seconds"] for s in summaries],
             "values": {m: [_lookup(s, m) for s in summaries] for m in grid.metrics},
         }
     for cell, row in rows.items():
