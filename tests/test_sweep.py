@@ -100,3 +100,16 @@ def test_bad_grid_files_name_the_problem(tmp_path):
     ]:
         with pytest.raises(ConfigError, match=message):
             load_grid(write_grid(tmp_path, grid))
+
+
+def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_stale_claim_is_taken(tmp_path):
+    from larpo.sweep import _RunLock
+
+    with _RunLock(tmp_path / "run") as mine:
+        assert mine
+        with _RunLock(tmp_path / "run") as other:
+            assert not other  # held by this (live) process
+    assert not (tmp_path / "run" / ".sweep.lock").exists()
+    (tmp_path / "run" / ".sweep.lock").write_text("999999999")  # no such process
+    with _RunLock(tmp_path / "run") as mine:
+        assert mine

@@ -153,3 +153,18 @@ def test_shared_prompt_and_repeated_prompt_training_agree(tiny_tokenizer, tiny_m
         cfg = phase_cfg(epochs=2, batch_size=4, micro_batch_size=2, shared_prompt=shared)
         results.append(train_phase(model, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=2, progress=False).losses)
     torch.testing.assert_close(torch.tensor(results[0]), torch.tensor(results[1]), atol=1e-5, rtol=1e-5)
+
+
+def test_activation_checkpointing_falls_back_to_repeated_prompts_with_the_same_losses(tiny_tokenizer, tiny_model_config):
+    from larpo.models import build_tiny_model
+    from larpo.trainer import _checkpointing
+
+    lists = fixed_lists(6)
+    cfg = phase_cfg(epochs=1, batch_size=3, micro_batch_size=3)
+    plain = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=6)
+    checkpointed = copy.deepcopy(plain)
+    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    assert _checkpointing(checkpointed) and not _checkpointing(plain)
+    a = train_phase(plain, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
+    b = train_phase(checkpointed, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
+    torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)

@@ -29,6 +29,7 @@ import json
 import math
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -145,6 +146,37 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
         _copy_tree(src / "sft", dst / "sft")
 
 
+class _RunLock:
+    """An exclusive claim on a run directory, so that sweeps sharing ``<out>`` never run one cell
+    twice at once. A claim left by a killed process (its pid is gone) is taken over."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".sweep.lock"
+        self.held = False
+
+    def __enter__(self) -> bool:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    os.kill(int(self.path.read_text() or 0), 0)
+                    return False  # alive: someone else's
+                except (ProcessLookupError, ValueError, FileNotFoundError):
+                    self.path.unlink(missing_ok=True)  # stale
+                    continue
+            with os.fdopen(fd, "w") as f:
+                f.write(str(os.getpid()))
+            self.held = True
+            return True
+        return False
+
+    def __exit__(self, *exc) -> None:
+        if self.held:
+            self.path.unlink(missing_ok=True)
+
+
 def run_grid(grid: Grid, out: str | Path, progress: bool = True, sft_cache: str | Path | None = None) -> dict:
     """Run every (cell, seed) not yet finished; return and write the results.
 
@@ -156,16 +188,27 @@ def run_grid(grid: Grid, out: str | Path, progress: bool = True, sft_cache: str 
     cache = Path(sft_cache) if sft_cache is not None else out / "sft-cache"
     jobs = [(cell, seed) for cell in grid.cells for seed in grid.seeds]
     index: dict[str, dict[str, str]] = {cell: {} for cell in grid.cells}
-    for cell, seed in tqdm(jobs, desc=f"sweep {grid.name}", unit="cell", disable=not progress):
-        cfg = cell_config(grid, cell, seed)
-        key = run_key(cfg)
-        index[cell][str(seed)] = key
-        run_dir = out / "runs" / key
-        if (run_dir / "summary.json").exists():
-            continue
-        _share_sft(cfg, run_dir, cache, into_run=True)
-        run(cfg, run_dir, progress=False, log=lambda _: None)
-        _share_sft(cfg, run_dir, cache, into_run=False)
+    bar = tqdm(total=len(jobs), desc=f"sweep {grid.name}", unit="cell", disable=not progress)
+    while jobs:
+        busy = []  # runs another sweep process is running right now: come back to them
+        for cell, seed in jobs:
+            cfg = cell_config(grid, cell, seed)
+            key = run_key(cfg)
+            index[cell][str(seed)] = key
+            run_dir = out / "runs" / key
+            if not (run_dir / "summary.json").exists():
+                with _RunLock(run_dir) as mine:
+                    if not mine:
+                        busy.append((cell, seed))
+                        continue
+                    _share_sft(cfg, run_dir, cache, into_run=True)
+                    run(cfg, run_dir, progress=False, log=lambda _: None)
+                    _share_sft(cfg, run_dir, cache, into_run=False)
+            bar.update(1)
+        if busy:
+            time.sleep(5)
+        jobs = busy
+    bar.close()
     write_json_atomic(out / f"{grid.name}-index.json", index)
     results = summarize(grid, out, index)
     write_json_atomic(out / f"{grid.name}.json", results)

@@ -134,15 +134,24 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
     return torch.stack([correct, ordered.sum().double(), diff.sum()])
 
 
+def _checkpointing(model: nn.Module) -> bool:
+    """Whether activation checkpointing is on; it turns the KV cache off, so prompts cannot be shared."""
+    base = getattr(model, "module", model)  # DDP
+    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    flag = getattr(type(base), "is_activation_checkpointing", None) or getattr(type(base), "is_gradient_checkpointing", None)
+    return bool(flag.__get__(base)) if isinstance(flag, property) else False
+
+
 def policy_logps(
     model: nn.Module, batch: Sequence[EncodedList], pad_id: int, device: torch.device, shared_prompt: bool
 ) -> torch.Tensor:
     """log π of every response of a micro-batch of lists, flat [Σ m], list by list.
 
     ``shared_prompt`` runs each list's prompt once and reuses its key/value cache for the m
-    responses; otherwise every (prompt, response) pair is a sequence of its own.
+    responses (not under activation checkpointing, which turns the cache off); otherwise every
+    (prompt, response) pair is a sequence of its own.
     """
-    if shared_prompt:
+    if shared_prompt and not _checkpointing(model):
         inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad_id)
         return shared_prompt_logps(model, {k: v.to(device) for k, v in inputs.items()})
     inputs = collate_pairs(_flat_pairs(batch), pad_id)
