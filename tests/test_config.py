@@ -93,3 +93,12 @@ def test_every_command_has_help():
     for args in (["--help"], ["run", "--help"], ["sft", "--help"], ["report", "--help"]):
         proc = subprocess.run([sys.executable, "-m", "larpo.cli", *args], capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0 and "usage: larpo" in proc.stdout
+
+
+def test_the_readme_example_config_loads():
+    import re
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```yaml\n(# my-run.yaml.*?)```", text, re.S).group(1)
+    cfg = C.from_dict(__import__("yaml").safe_load(block))
+    assert (cfg.task.name, cfg.model.lora, cfg.reranker.kind) == ("dataset", True, "hf")
