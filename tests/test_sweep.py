@@ -113,3 +113,15 @@ def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_stale_claim_is_take
     (tmp_path / "run" / ".sweep.lock").write_text("999999999")  # no such process
     with _RunLock(tmp_path / "run") as mine:
         assert mine
+
+
+def test_every_ablation_grid_loads_and_shares_the_default_cell():
+    from pathlib import Path
+
+    from larpo.sweep import cell_config, run_key
+
+    grids = [load_grid(p) for p in sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))]
+    assert {g.name for g in grids} >= {"objective", "negatives", "temperature", "inclusiveness", "memorization", "reference"}
+    assert all(len(g.seeds) >= 5 for g in grids)
+    keys = [{run_key(cell_config(g, c, 0)) for c in g.cells} for g in grids]
+    assert set.intersection(*keys), "the grids no longer share their default cell"
