@@ -108,9 +108,9 @@ def run_key(cfg: C.Config) -> str:
 
 
 def sft_key(cfg: C.Config) -> str:
-    """What the initial policy and its evaluation depend on."""
+    """What the initial policy and its evaluations (greedy and as a retriever) depend on."""
     d = C.to_dict(cfg)
-    return _digest([d["seed"], d["task"], d["model"], d["sft"], d["eval"], d["sampling"]["max_new_tokens"]])
+    return _digest([d["seed"], d["task"], d["model"], d["sft"], d["eval"], d["sampling"]["max_new_tokens"], d["reranker"]])
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
@@ -141,8 +141,10 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
     src, dst = (entry, run_dir) if into_run else (run_dir, entry)
     if (src / "sft").is_dir() and (src / "eval_sft.json").is_file() and not (dst / "sft").exists():
         dst.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(src / "eval_sft.json", dst / f".eval_sft.{os.getpid()}.json")
-        os.replace(dst / f".eval_sft.{os.getpid()}.json", dst / "eval_sft.json")
+        for name in ("eval_sft.json", "retriever_eval_sft.json"):  # the SFT policy's evaluations
+            if (src / name).is_file():
+                shutil.copy2(src / name, dst / f".{name}.{os.getpid()}")
+                os.replace(dst / f".{name}.{os.getpid()}", dst / name)
         _copy_tree(src / "sft", dst / "sft")
 
 
