@@ -230,7 +230,7 @@ def _reference_logps(
         return None
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return reference_logps(ref.to(accelerator.device), encode_lists(tokenizer, lists), pad_id,
-                           cfg.train.ref_batch_size, accelerator)
+                           cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
 def _evaluate(policy_dir: Path, task: Task, held_out: list[Example], cfg: Config, out: Path, policy: int, run_dir: Path,

@@ -89,32 +89,32 @@ def reference_logps(
     batch_size: int,
     accelerator: Accelerator,
     progress: bool = False,
+    shared_prompt: bool = True,
 ) -> list[torch.Tensor]:
     """log π_ref of every response of every list, without autograd, sharded over processes.
 
-    Returns one float32 CPU tensor [m] per list, in the order of ``encoded``, on every process.
+    Lists are taken in order of length (less padding), about ``batch_size`` responses per forward
+    pass, through the same :func:`policy_logps` as training. Returns one float32 CPU tensor [m]
+    per list, in the order of ``encoded``, on every process.
     """
     rank, world = accelerator.process_index, accelerator.num_processes
-    mine = list(range(rank, len(encoded), world))
-    pairs = [(el.prompt_ids, r) for i in mine for el in [encoded[i]] for r in el.response_ids]
-    order = sorted(range(len(pairs)), key=lambda j: len(pairs[j][0]) + len(pairs[j][1]))  # less padding
+    mine = sorted(range(rank, len(encoded), world), key=lambda i: list_tokens(encoded[i]))
+    batches: list[list[int]] = []
+    for i in mine:
+        if not batches or sum(len(encoded[j].response_ids) for j in batches[-1]) + len(encoded[i].response_ids) > batch_size:
+            batches.append([])
+        batches[-1].append(i)
     was_training = model.training
     model.eval()
-    values = torch.zeros(len(pairs))
-    bar = tqdm(total=len(pairs), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
+    local: dict[int, torch.Tensor] = {}
+    bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
     with torch.no_grad(), accelerator.autocast():
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = {k: v.to(accelerator.device) for k, v in collate_pairs([pairs[j] for j in chunk], pad_id).items()}
-            values[chunk] = sequence_logps(model, batch).float().cpu()
-            bar.update(len(chunk))
+        for ids in batches:
+            flat = policy_logps(model, [encoded[i] for i in ids], pad_id, accelerator.device, shared_prompt).float().cpu()
+            local.update(zip(ids, flat.split([len(encoded[i].response_ids) for i in ids])))
+            bar.update(len(ids))
     bar.close()
     model.train(was_training)
-    local, offset = {}, 0
-    for i in mine:
-        m = len(encoded[i].response_ids)
-        local[i] = values[offset : offset + m]
-        offset += m
     merged: dict[int, torch.Tensor] = {}
     for part in gather_object([local]) if world > 1 else [local]:
         merged.update(part)
@@ -201,7 +201,7 @@ def train_phase(
     encoded = encode_lists(tokenizer, lists)
     model.to(accelerator.device)
     if ref_logps is None:
-        ref_logps = reference_logps(model, encoded, pad_id, cfg.ref_batch_size, accelerator, progress)
+        ref_logps = reference_logps(model, encoded, pad_id, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
     loss_fn = get_loss(cfg.loss)
     if cfg.loss == "lambdarank":
         loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
