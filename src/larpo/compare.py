@@ -91,7 +91,7 @@ def plot_comparison(runs: list[dict], out_dir: Path) -> list[Path]:
     if temperatures:
         fig, axes = plt.subplots(1, len(temperatures), figsize=(4.5 * len(temperatures), 3.3), squeeze=False)
         for ax, t in zip(axes[0], temperatures):
-            for run in runs:
+            for i, run in enumerate(runs):
                 for stage, style in (("sft", "--"), ("final", "-")):
                     block = run["retriever"].get(stage, {}).get("sampled", {}).get(t)
                     if block is None:
@@ -99,7 +99,7 @@ def plot_comparison(runs: list[dict], out_dir: Path) -> list[Path]:
                     ks = [int(k) for k in block["pass_at_k"]]
                     s = [block["pass_at_k"][str(k)] for k in ks]
                     ax.errorbar(ks, [v["mean"] for v in s], yerr=[[v["mean"] - v["low"] for v in s], [v["high"] - v["mean"] for v in s]],
-                                linestyle=style, marker="o", capsize=3, label=f"{run['name']} {stage}")
+                                linestyle=style, marker="o", capsize=3, color=f"C{i}", label=f"{run['name']} {stage}")
             ax.set_xscale("log", base=2)
             ax.set(xlabel="k", ylabel="pass@k (= Recall@k)", title=f"T = {t}", ylim=(0, 1.02))
             ax.grid(alpha=0.3)
