@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import numbers
+from abc import ABC, abstractmethod
 from pathlib import Path
 
 from ..callables import load_callable
@@ -57,7 +58,7 @@ def prompt_texts(prompt: str | list[dict]) -> list[str]:
     return [prompt] if isinstance(prompt, str) else [m["content"] for m in prompt]
 
 
-class UserTask:
+class UserTask(ABC):
     """Prompts read by a subclass's :meth:`_read`, held out as ``task.n_eval`` says, scored by ``task.reward_fn``."""
 
     name: str
@@ -85,12 +86,13 @@ class UserTask:
         self._train = train[: cfg.n_train]
         self._eval = held_out
 
+    @abstractmethod
     def _read_train(self, cfg: TaskConfig) -> list[Example]:
-        raise NotImplementedError
+        """The training examples, in source order."""
 
+    @abstractmethod
     def _read_held_out(self, cfg: TaskConfig) -> list[Example] | None:
         """The held-out examples when they have their own source; None to hold out the last training rows."""
-        raise NotImplementedError
 
     def _example(self, where: str, prompt, prompt_id, answer, expected: str) -> Example:
         """An Example from one row's values, checked; ``where`` names the row in errors."""
