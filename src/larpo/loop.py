@@ -220,6 +220,45 @@ def make_lists(
     }
 
 
+def _lists_stage(
+    model, tokenizer, pool: list[Example], reranker: Reranker, cfg: Config, run_dir: Path, iteration: int,
+    accelerator: Accelerator, progress: bool,
+) -> list[RankedList]:
+    """Hard negatives (when configured) and the ranked lists of one iteration, resumable; the lists."""
+    d = iteration_dir(run_dir, iteration)
+    main = accelerator.is_main_process
+    if cfg.lists.negatives != "own" and not (d / "negatives.jsonl").exists():
+        negatives = negative_candidates(
+            model, tokenizer, pool, load_candidates(run_dir, iteration), reranker, cfg, iteration, accelerator, progress
+        )
+        if main:
+            write_jsonl_atomic(d / "negatives.jsonl", (c.to_row() for c in negatives))
+        accelerator.wait_for_everyone()
+    if main and not (d / "lists.jsonl").exists():
+        negatives = ([Candidate.from_row(r) for r in read_jsonl(d / "negatives.jsonl")]
+                     if cfg.lists.negatives != "own" else [])
+        lists, stats = make_lists(run_dir, cfg, iteration, load_candidates(run_dir, iteration), negatives)
+        write_jsonl_atomic(d / "lists.jsonl", (rl.to_row() for rl in lists))
+        write_json_atomic(d / "lists_stats.json", stats)
+    accelerator.wait_for_everyone()
+    lists = [RankedList.from_row(row) for row in read_jsonl(d / "lists.jsonl")]
+    if not lists:
+        raise ConfigError(
+            f"iteration {iteration + 1}: every prompt's candidates tied, so there is nothing to train on; "
+            "raise sampling.k or sampling.temperature, or use task.reward=graded"
+        )
+    return lists
+
+
+def _log_truncations(run_dir: Path, iteration: int, tokenizer) -> None:
+    """One metrics row of the iteration's truncated encodings, when length limits are set."""
+    limits = length_limits(tokenizer)
+    if limits.max_prompt_tokens or limits.max_response_tokens:
+        _replace_metric_rows(run_dir, lambda r: r.get("stage") == "truncation" and r.get("iteration") == iteration, [
+            {"stage": "truncation", "iteration": iteration, "truncated_prompt_encodings": limits.truncated_prompts,
+             "truncated_response_encodings": limits.truncated_responses}])
+
+
 def _reference_logps(
     cfg: Config, initial_dir: Path, previous_dir: Path, tokenizer, lists: list[RankedList], accelerator: Accelerator
 ):
@@ -317,26 +356,7 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
                 if main:
                     save_candidates(run_dir, s, candidates)
                 accelerator.wait_for_everyone()
-            if cfg.lists.negatives != "own" and not (d / "negatives.jsonl").exists():
-                negatives = negative_candidates(
-                    model, tokenizer, pool, load_candidates(run_dir, s), reranker, cfg, s, accelerator, progress
-                )
-                if main:
-                    write_jsonl_atomic(d / "negatives.jsonl", (c.to_row() for c in negatives))
-                accelerator.wait_for_everyone()
-            if main and not (d / "lists.jsonl").exists():
-                negatives = ([Candidate.from_row(r) for r in read_jsonl(d / "negatives.jsonl")]
-                             if cfg.lists.negatives != "own" else [])
-                lists, stats = make_lists(run_dir, cfg, s, load_candidates(run_dir, s), negatives)
-                write_jsonl_atomic(d / "lists.jsonl", (rl.to_row() for rl in lists))
-                write_json_atomic(d / "lists_stats.json", stats)
-            accelerator.wait_for_everyone()
-            lists = [RankedList.from_row(row) for row in read_jsonl(d / "lists.jsonl")]
-            if not lists:
-                raise ConfigError(
-                    f"iteration {s + 1}: every prompt's candidates tied, so there is nothing to train on; "
-                    "raise sampling.k or sampling.temperature, or use task.reward=graded"
-                )
+            lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
             if main:
                 _replace_metric_rows(run_dir, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
             train_phase(
@@ -344,12 +364,8 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
                 metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
                 ref_logps=_reference_logps(cfg, initial_dir, policy_dir, tokenizer, lists, accelerator),
             )
-            limits = length_limits(tokenizer)
-            if main and (limits.max_prompt_tokens or limits.max_response_tokens):
-                _replace_metric_rows(run_dir, lambda r: r.get("stage") == "truncation" and r.get("iteration") == s, [
-                    {"stage": "truncation", "iteration": s, "truncated_prompt_encodings": limits.truncated_prompts,
-                     "truncated_response_encodings": limits.truncated_responses}])
             if main:
+                _log_truncations(run_dir, s, tokenizer)
                 save_policy(model, tokenizer, d / "policy")
             accelerator.wait_for_everyone()
         policy_dir = d / "policy"
