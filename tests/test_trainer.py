@@ -156,14 +156,15 @@ def test_shared_prompt_and_repeated_prompt_training_agree(tiny_tokenizer, tiny_m
 
 
 def test_activation_checkpointing_falls_back_to_repeated_prompts_with_the_same_losses(tiny_tokenizer, tiny_model_config):
-    from larpo.models import build_tiny_model
+    import dataclasses
+
+    from larpo.models import build_tiny_model, prepare_policy
     from larpo.trainer import _checkpointing
 
     lists = fixed_lists(6)
     cfg = phase_cfg(epochs=1, batch_size=3, micro_batch_size=3)
     plain = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=6)
-    checkpointed = copy.deepcopy(plain)
-    checkpointed.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    checkpointed = prepare_policy(copy.deepcopy(plain), dataclasses.replace(tiny_model_config, gradient_checkpointing=True))
     assert _checkpointing(checkpointed) and not _checkpointing(plain)
     a = train_phase(plain, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     b = train_phase(checkpointed, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses

@@ -6,7 +6,6 @@ User errors (a bad config, a missing file) print one line and exit with code 2, 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

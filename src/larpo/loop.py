@@ -39,7 +39,7 @@ from .candidates import iteration_dir, load_candidates, remembered, save_candida
 from .config import Config, ConfigError
 from .encoding import length_limits
 from .evaluate import greedy_eval, retriever_eval
-from .io import append_jsonl, read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .io import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
 from .negatives import borrowed, random_partners, similar_partners
 from .reference import reference_model
