@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -13,6 +14,15 @@ FILE = "candidates.jsonl"
 
 def iteration_dir(run_dir: str | Path, iteration: int) -> Path:
     return Path(run_dir) / f"iter_{iteration}"
+
+
+def iterations_with(run_dir: str | Path, name: str) -> list[int]:
+    """The iterations s of ``run_dir`` whose ``iter_<s>/<name>`` exists, in order."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = (re.fullmatch(r"iter_(\d+)", p.name) for p in run_dir.iterdir() if (p / name).is_file())
+    return sorted(int(m.group(1)) for m in found if m)
 
 
 def save_candidates(run_dir: str | Path, iteration: int, candidates: list[Candidate]) -> None:

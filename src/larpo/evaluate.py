@@ -17,6 +17,11 @@ from .sampling import generate
 from .tasks import Example, Task
 
 
+def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
+    """One greedy response per prompt."""
+    return [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size, progress=progress)]
+
+
 def greedy_eval(
     model: PreTrainedModel,
     tokenizer: PreTrainedTokenizerBase,
@@ -31,7 +36,7 @@ def greedy_eval(
     ``per_prompt`` keeps each prompt's correctness and reward, for paired tests between policies.
     """
     prompts = [ex.prompt for ex in examples]
-    responses = [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size, progress=progress)]
+    responses = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
     n = len(prompts)
     correct = [float(task.correct(p, r)) for p, r in zip(prompts, responses)]
     rewards = [task.reward(p, r) for p, r in zip(prompts, responses)]
@@ -80,8 +85,6 @@ def _response_logps(model, tokenizer, prompts: list[str], responses: list[str], 
     return out
 
 
-def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int) -> list[str]:
-    return [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size)]
 
 
 def retriever_eval(

@@ -11,11 +11,10 @@ building, so with memorization a prompt can appear once per iteration.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Iterator, Literal
 
-from .candidates import iteration_dir
+from .candidates import iteration_dir, iterations_with
 from .config import ConfigError
 from .io import read_jsonl, write_jsonl_atomic
 from .lists import RankedList
@@ -42,19 +41,13 @@ def listwise_row(rl: RankedList) -> dict:
     return {"prompt": rl.prompt, "responses": list(rl.responses), "rewards": list(rl.rewards)}
 
 
-def iterations_with_lists(run_dir: str | Path) -> list[int]:
-    """The iterations of ``run_dir`` whose lists file exists, in order."""
-    found = (re.fullmatch(r"iter_(\d+)", p.name) for p in Path(run_dir).iterdir() if (p / LISTS).is_file())
-    return sorted(int(m.group(1)) for m in found if m)
-
-
 def load_lists(run_dir: str | Path, iteration: int | None = None) -> Iterator[RankedList]:
     """The ranked lists of one iteration, or of every iteration in order (``iteration=None``)."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise ConfigError(f"{run_dir}: not a directory; expected a larpo run directory")
     if iteration is None:
-        iterations = iterations_with_lists(run_dir)
+        iterations = iterations_with(run_dir, LISTS)
         if not iterations:
             raise ConfigError(f"{run_dir}: no iter_<s>/{LISTS}; expected a run with at least one finished list stage")
     else:

@@ -10,25 +10,14 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .candidates import load_candidates  # noqa: E402
+from .candidates import iteration_dir, iterations_with, load_candidates  # noqa: E402
 from .io import read_jsonl, write_text_atomic  # noqa: E402
 
 
 def _policy_evals(run_dir: Path) -> list[dict]:
     evals = [json.loads((run_dir / "eval_sft.json").read_text())] if (run_dir / "eval_sft.json").exists() else []
-    s = 0
-    while (run_dir / f"iter_{s}" / "eval.json").exists():
-        evals.append(json.loads((run_dir / f"iter_{s}" / "eval.json").read_text()))
-        s += 1
-    return evals
-
-
-def _iterations_with_candidates(run_dir: Path) -> list[int]:
-    found, s = [], 0
-    while (run_dir / f"iter_{s}" / "candidates.jsonl").exists():
-        found.append(s)
-        s += 1
-    return found
+    return evals + [json.loads((iteration_dir(run_dir, s) / "eval.json").read_text())
+                    for s in iterations_with(run_dir, "eval.json")]
 
 
 def _plot_evals(evals: list[dict], path: Path) -> None:
@@ -101,7 +90,7 @@ def write_report(run_dir: str | Path) -> Path:
     metrics = read_jsonl(run_dir / "metrics.jsonl") if (run_dir / "metrics.jsonl").exists() else []
     evals = _policy_evals(run_dir)
     train_rows = [r for r in metrics if r.get("stage") == "train"]
-    iterations = _iterations_with_candidates(run_dir)
+    iterations = iterations_with(run_dir, "candidates.jsonl")
     lines = [f"# LarPO run: {run_dir.name}", "", "Resolved config: [config.yaml](config.yaml).", ""]
     if evals:
         _plot_evals(evals, plots / "heldout.png")
@@ -114,7 +103,7 @@ def write_report(run_dir: str | Path) -> Path:
         lines += ["## Candidates", "", "| iteration | candidates | mean reward | lists | skipped (all tied) |", "|---|---|---|---|---|"]
         for s in iterations:
             cands = [c for c in load_candidates(run_dir, s) if c.iteration == s]
-            stats_path = run_dir / f"iter_{s}" / "lists_stats.json"
+            stats_path = iteration_dir(run_dir, s) / "lists_stats.json"
             stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
             mean = sum(c.reward for c in cands) / max(len(cands), 1)
             lines.append(f"| {s + 1} | {len(cands)} | {mean:.3f} | {stats.get('lists', '-')} | {stats.get('skipped_tied', '-')} |")
