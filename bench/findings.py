@@ -14,7 +14,8 @@ import json
 import sys
 from pathlib import Path
 
-from larpo.sweep import format_results, load_grid, mean_interval, paired_test
+from larpo.sweep import load_grid
+from larpo.sweep_stats import format_results, mean_interval, paired_test
 
 ROOT = Path(__file__).resolve().parent.parent
 ORDER = ["objective", "negatives", "temperature", "inclusiveness", "memorization", "reference"]

@@ -150,3 +150,19 @@ def test_report_command_regenerates_the_report(small_run):
     assert proc.returncode == 0, proc.stderr
     text = (run_dir / "report.md").read_text()
     assert "| SFT |" in text and "plots/heldout.png" in text
+
+
+def test_sft_command_builds_the_initial_policy_that_a_later_run_reuses(small_run, tmp_path):
+    config, reference, _ = small_run
+    out = tmp_path / "sft-only"
+    proc = subprocess.run([sys.executable, "-m", "larpo.cli", "sft", "--quiet", "--config", str(config), "--out", str(out)],
+                          capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr
+    scores = json.loads((out / "eval_sft.json").read_text())
+    assert f"held-out exact accuracy {scores['exact_accuracy']:.3f}" in proc.stdout
+    assert scores == json.loads((reference / "eval_sft.json").read_text())  # the same SFT as a full run's
+    assert not any(out.glob("iter_*"))
+    mtime = (out / "sft" / "model.safetensors").stat().st_mtime
+    summary = run(C.load(config), out, progress=False, log=lambda _: None)
+    assert (out / "sft" / "model.safetensors").stat().st_mtime == mtime  # reused, not retrained
+    assert summary["sft"] == scores

@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from larpo.config import ConfigError
-from larpo.sweep import load_grid, mean_interval, paired_test, run_grid
+from larpo.sweep import load_grid, run_grid
+from larpo.sweep_stats import mean_interval, paired_test
 
 from test_loop import SMALL
 
@@ -102,17 +103,49 @@ def test_bad_grid_files_name_the_problem(tmp_path):
             load_grid(write_grid(tmp_path, grid))
 
 
-def test_a_run_claimed_by_a_live_process_is_left_alone_and_a_stale_claim_is_taken(tmp_path):
-    from larpo.sweep import _RunLock
+RACER = """
+import sys, time
+from larpo.runlock import RunDirectoryBusy, run_dir_lock
+run_dir, log = sys.argv[1], sys.argv[2]
+start = float(sys.argv[3])
+while time.time() < start:
+    pass
+try:
+    with run_dir_lock(run_dir):
+        open(log, "a").write(f"got {time.time()}\\n")
+        time.sleep(1.5)
+        open(log, "a").write(f"done {time.time()}\\n")
+except RunDirectoryBusy as e:
+    open(log, "a").write(f"busy {e}\\n")
+"""
 
-    with _RunLock(tmp_path / "run") as mine:
-        assert mine
-        with _RunLock(tmp_path / "run") as other:
-            assert not other  # held by this (live) process
-    assert not (tmp_path / "run" / ".sweep.lock").exists()
-    (tmp_path / "run" / ".sweep.lock").write_text("999999999")  # no such process
-    with _RunLock(tmp_path / "run") as mine:
-        assert mine
+
+def test_two_processes_racing_for_one_run_directory_never_both_hold_it(tmp_path):
+    start = time.time() + 2.0  # both start trying at the same instant
+    log = tmp_path / "log"
+    procs = [subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "run"), str(log), str(start)])
+             for _ in range(2)]
+    assert all(p.wait(timeout=60) == 0 for p in procs)
+    lines = log.read_text().splitlines()
+    assert sorted(line.split()[0] for line in lines) == ["busy", "done", "got"]
+    busy = next(line for line in lines if line.startswith("busy"))
+    assert "in use by another larpo process (pid " in busy and str(tmp_path / "run") in busy
+
+
+def test_a_killed_holder_leaves_no_claim_and_the_lock_is_reentrant_in_one_process(tmp_path):
+    from larpo.runlock import RunDirectoryBusy, run_dir_lock
+
+    holder = subprocess.Popen([sys.executable, "-c", RACER, str(tmp_path / "run"), str(tmp_path / "log"), "0"])
+    while not (tmp_path / "log").exists():
+        time.sleep(0.05)
+    with pytest.raises(RunDirectoryBusy, match=f"pid {holder.pid}"):
+        with run_dir_lock(tmp_path / "run"):
+            pass
+    holder.kill()
+    holder.wait()
+    with run_dir_lock(tmp_path / "run"):  # the OS released the dead holder's lock
+        with run_dir_lock(tmp_path / "run"):  # nested in one process: no self-deadlock
+            pass
 
 
 def test_every_ablation_grid_loads_and_shares_the_default_cell():

@@ -118,7 +118,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import format_results, load_grid, run_grid
+    from .sweep import load_grid, run_grid
+    from .sweep_stats import format_results
 
     grid = load_grid(args.grid)
     out = Path(args.out) if args.out else Path("sweeps") / grid.name

@@ -51,6 +51,11 @@ def length_limits(tokenizer: PreTrainedTokenizerBase) -> LengthLimits:
     return getattr(tokenizer, _LIMITS, None) or LengthLimits()
 
 
+def pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    """The id batches are padded with: the tokenizer's pad token, else its EOS."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[int]:
     """Token ids of a prompt: through the chat template when the tokenizer has one, else the text with
     the tokenizer's own special tokens (e.g. BOS) where it adds them. Truncated from the left."""

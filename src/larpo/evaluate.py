@@ -9,7 +9,7 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .encoding import encode_prompt, encode_response
+from .encoding import encode_prompt, encode_response, pad_id
 from .logprobs import collate_pairs, sequence_logps
 from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .rerankers import Reranker
@@ -71,14 +71,14 @@ def _powers_of_two(limit: int, cap: int | None = None) -> list[int]:
 @torch.no_grad()
 def _response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int) -> list[float]:
     """Summed response log-prob log π(y|x) of each pair (``larpo.logprobs.sequence_logps``)."""
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in zip(prompts, responses)]
     was_training = model.training
     model.eval()
     out: list[float] = []
     try:
         for start in range(0, len(pairs), batch_size):
-            batch = collate_pairs(pairs[start : start + batch_size], pad_id)
+            batch = collate_pairs(pairs[start : start + batch_size], pad)
             out.extend(sequence_logps(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
     finally:
         model.train(was_training)

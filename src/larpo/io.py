@@ -6,7 +6,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
@@ -44,3 +44,13 @@ def append_jsonl(path: str | Path, row: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a") as f:
         f.write(json.dumps(row) + "\n")
+
+
+def rewrite_jsonl(path: str | Path, drop: Callable[[dict], bool], rows: Iterable[dict] = ()) -> None:
+    """Rewrite ``path`` (atomically) without the rows ``drop`` selects, then with ``rows`` appended.
+
+    A stage that reruns after a kill first removes what its killed attempt logged.
+    """
+    path = Path(path)
+    kept = [r for r in read_jsonl(path) if not drop(r)] if path.exists() else []
+    write_jsonl_atomic(path, [*kept, *rows])

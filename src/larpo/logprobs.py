@@ -78,11 +78,15 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
             "response_mask": response_mask, "owner": owner}
 
 
+def base_model(model: nn.Module) -> nn.Module:
+    """The transformers model inside a DDP wrapper (``.module``) and a peft wrapper (``get_base_model``)."""
+    base = getattr(model, "module", model)
+    return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
 def _cache_argument(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: ``cache`` in recent transformers, else ``past_key_values``."""
-    base = getattr(model, "module", model)  # DDP
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
 
 
 def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

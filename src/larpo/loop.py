@@ -26,41 +26,29 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Callable, TypeVar
 
 from accelerate import Accelerator
-from accelerate.utils import gather_object
-from tqdm.auto import tqdm
 
 from . import config as config_mod
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
-from .encoding import length_limits
+from .encoding import length_limits, pad_id
 from .evaluate import greedy_eval, retriever_eval
-from .io import read_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
-from .negatives import borrowed, random_partners, similar_partners
-from .reference import reference_model
 from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
+from .reference import reference_model
 from .rerankers import Reranker, build_reranker
-from .sampling import generate
+from .retrieve import negative_candidates, sample_and_score
+from .seeding import stage_seed
 from .sft import sft_train
 from .tasks import Example, Task, build_task
 from .trainer import encode_lists, make_accelerator, reference_logps, train_phase
 
 METRICS = "metrics.jsonl"
 T = TypeVar("T")
-
-
-def _stage_seed(seed: int, iteration: int) -> int:
-    return seed * 1000 + iteration
-
-
-def _chunk_seed(seed: int, iteration: int, chunk: int) -> int:
-    """The sampling seed of one chunk of the prompt pool: fixed by the chunk, not by the process."""
-    return _stage_seed(seed, iteration) * 1_000_000 + chunk
 
 
 def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
@@ -71,16 +59,6 @@ def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
     result = stage() if accelerator.is_main_process else None
     accelerator.wait_for_everyone()
     return result if accelerator.is_main_process else stage()
-
-
-def _replace_metric_rows(run_dir: Path, drop: Callable[[dict], bool], rows: list[dict] = ()) -> None:
-    """Rewrite metrics.jsonl without the rows ``drop`` selects, then append ``rows``.
-
-    A stage that reruns after a kill first removes what its killed attempt logged.
-    """
-    path = run_dir / METRICS
-    kept = [r for r in read_jsonl(path) if not drop(r)] if path.exists() else []
-    write_jsonl_atomic(path, [*kept, *rows])
 
 
 def _check_or_write_config(cfg: Config, run_dir: Path, write: bool = True) -> None:
@@ -127,82 +105,13 @@ def initial_policy(cfg: Config, task: Task, run_dir: Path, progress: bool) -> Pa
         model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
     if cfg.sft.enabled:
         sft_split, validation, _, _ = data_splits(task, cfg)
-        _replace_metric_rows(run_dir, lambda r: r.get("stage") == "sft")
+        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
         sft_train(
             model, tokenizer, task, sft_split, validation, cfg.sft, cfg.sampling.max_new_tokens,
             seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
         )
     save_policy(model, tokenizer, sft_dir)
     return sft_dir
-
-
-def _score_chunk(
-    model, tokenizer, chunk: list[Example], reranker: Reranker, cfg: Config, iteration: int, seed: int,
-    temperature: float, source: str,
-) -> list[Candidate]:
-    """K samples for each prompt of one chunk (one ``generate`` batch), scored by the reranker."""
-    prompts = [ex.prompt for ex in chunk]
-    samples = generate(
-        model, tokenizer, prompts, cfg.sampling.k, temperature, cfg.sampling.max_new_tokens,
-        top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed,
-    )
-    flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
-    flat_responses = [r for group in samples for r in group]
-    rewards = reranker.score(flat_prompts, flat_responses)
-    ids = [ex.prompt_id for ex, group in zip(chunk, samples) for _ in group]
-    return [
-        Candidate(pid, p, r, float(w), temperature, source, iteration)
-        for pid, p, r, w in zip(ids, flat_prompts, flat_responses, rewards)
-    ]
-
-
-def sample_and_score(
-    model, tokenizer, pool: list[Example], reranker: Reranker, cfg: Config, iteration: int,
-    accelerator: Accelerator, progress: bool, temperature: float | None = None, source: str = "own",
-) -> list[Candidate]:
-    """K samples per prompt from the current policy, each scored by the reranker, in pool order.
-
-    The pool is cut into chunks of ``sampling.prompts_per_batch`` prompts; chunk c is sampled with
-    seed (run seed, iteration, c) by process c mod world, and the chunks are gathered on every
-    process. Neither the chunks nor their seeds depend on the number of processes, so neither do
-    the candidates. ``temperature`` (default ``sampling.temperature``) and ``source`` serve the
-    separately sampled hard negatives, which draw from seeds of their own.
-    """
-    temperature = cfg.sampling.temperature if temperature is None else temperature
-    salt = 0 if source == "own" else 500  # negatives never reuse the candidates' seeds
-    size = cfg.sampling.prompts_per_batch
-    chunks = [pool[start : start + size] for start in range(0, len(pool), size)]
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = range(rank, len(chunks), world)
-    local = {
-        c: _score_chunk(model, tokenizer, chunks[c], reranker, cfg, iteration,
-                        _chunk_seed(cfg.seed, iteration + salt, c), temperature, source)
-        for c in tqdm(mine, desc="sampling", unit="batch", disable=not (progress and accelerator.is_main_process))
-    }
-    merged: dict[int, list[Candidate]] = {}
-    for part in gather_object([local]) if world > 1 else [local]:
-        merged.update(part)
-    return [candidate for c in range(len(chunks)) for candidate in merged[c]]
-
-
-def negative_candidates(
-    model, tokenizer, pool: list[Example], candidates: list[Candidate], reranker: Reranker, cfg: Config,
-    iteration: int, accelerator: Accelerator, progress: bool,
-) -> list[Candidate]:
-    """Scored hard negatives of ``lists.negatives`` for every pool prompt (none for ``own``)."""
-    source = cfg.lists.negatives
-    if source == "own":
-        return []
-    if source in ("own_low_temperature", "own_high_temperature"):
-        temperature = cfg.lists.low_temperature if source == "own_low_temperature" else cfg.lists.high_temperature
-        return sample_and_score(model, tokenizer, pool, reranker, cfg, iteration, accelerator, progress, temperature, source)
-    prompts = {ex.prompt_id: ex.prompt for ex in pool}
-    partners = (similar_partners(prompts) if source == "similar_prompt"
-                else random_partners(list(prompts), _stage_seed(cfg.seed, iteration)))
-    _, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    unscored = borrowed(candidates, partners, source, bottom)
-    rewards = reranker.score([c.prompt for c in unscored], [c.response for c in unscored])
-    return [replace(c, reward=float(r)) for c, r in zip(unscored, rewards)]
 
 
 def make_lists(
@@ -254,21 +163,23 @@ def _log_truncations(run_dir: Path, iteration: int, tokenizer) -> None:
     """One metrics row of the iteration's truncated encodings, when length limits are set."""
     limits = length_limits(tokenizer)
     if limits.max_prompt_tokens or limits.max_response_tokens:
-        _replace_metric_rows(run_dir, lambda r: r.get("stage") == "truncation" and r.get("iteration") == iteration, [
+        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "truncation" and r.get("iteration") == iteration, [
             {"stage": "truncation", "iteration": iteration, "truncated_prompt_encodings": limits.truncated_prompts,
              "truncated_response_encodings": limits.truncated_responses}])
 
 
-def _reference_logps(
+def _separate_reference_logps(
     cfg: Config, initial_dir: Path, previous_dir: Path, tokenizer, lists: list[RankedList], accelerator: Accelerator
 ):
-    """Reference log-probs for ``train.reference`` = initial | mix; None for previous (the trainer's default)."""
+    """Reference log-probs from a model other than the policy (``train.reference`` = initial | mix).
+
+    None for ``previous``: the trainer then takes the policy's own log-probs at the start of the phase.
+    """
     ref = reference_model(cfg.train.reference, initial_dir, previous_dir, cfg.train.reference_mix,
                           lambda path: policy_from_config(path, cfg.model))
     if ref is None:
         return None
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return reference_logps(ref.to(accelerator.device), encode_lists(tokenizer, lists), pad_id,
+    return reference_logps(ref.to(accelerator.device), encode_lists(tokenizer, lists), pad_id(tokenizer),
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
@@ -279,7 +190,7 @@ def _evaluate(policy_dir: Path, task: Task, held_out: list[Example], cfg: Config
     model, tokenizer = policy_from_config(policy_dir, cfg.model)
     scores = greedy_eval(model, tokenizer, task, held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
     row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k != "per_prompt"}}
-    _replace_metric_rows(run_dir, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
+    rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
     write_json_atomic(out, scores)
     return scores
 
@@ -358,11 +269,11 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
                 accelerator.wait_for_everyone()
             lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
             if main:
-                _replace_metric_rows(run_dir, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
+                rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
             train_phase(
-                model, tokenizer, lists, cfg.train, accelerator, seed=_stage_seed(cfg.seed, s),
+                model, tokenizer, lists, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
                 metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
-                ref_logps=_reference_logps(cfg, initial_dir, policy_dir, tokenizer, lists, accelerator),
+                ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, tokenizer, lists, accelerator),
             )
             if main:
                 _log_truncations(run_dir, s, tokenizer)

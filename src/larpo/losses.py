@@ -49,7 +49,8 @@ def pairwise_loss(
 ) -> torch.Tensor:
     """DPO / Bradley–Terry: −log σ(s_first − s_last) of each list's first and last real item.
 
-    scores: [B, m] γ, best first. mask: [B, m] real items (a prefix). rewards: [B, m] or None.
+    A longer list is used through those two items only (best vs worst); the items between them
+    are ignored. scores: [B, m] γ, best first. mask: [B, m] real items (a prefix). rewards: [B, m] or None.
     Returns [B].
     """
     mask = _full_mask(scores, mask)

@@ -11,13 +11,13 @@ import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .encoding import decode_response, encode_prompt
+from .encoding import decode_response, encode_prompt, pad_id
 
 
-def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-pad token id lists into ``input_ids`` [B, T] and ``attention_mask`` [B, T] (1 = real token)."""
     width = max(len(r) for r in rows)
-    input_ids = torch.tensor([[pad_id] * (width - len(r)) + r for r in rows], dtype=torch.long)
+    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
     attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     return input_ids, attention_mask
 
@@ -50,7 +50,7 @@ def generate(
         decoding = {"do_sample": False}
     else:
         decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
     responses: list[list[str]] = []
@@ -61,14 +61,14 @@ def generate(
             starts = range(0, len(prompts), batch_size)
             for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
                 rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-                input_ids, attention_mask = _left_pad(rows, pad_id)
+                input_ids, attention_mask = _left_pad(rows, pad)
                 out = model.generate(
                     input_ids=input_ids.to(device),
                     attention_mask=attention_mask.to(device),
                     max_new_tokens=max_new_tokens,
                     num_return_sequences=k,
                     eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=pad_id,
+                    pad_token_id=pad,
                     **decoding,
                 )  # [b * k, T + new], the k samples of a prompt adjacent
                 texts = [decode_response(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]

@@ -15,7 +15,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from .config import SFTConfig
-from .encoding import encode_prompt, encode_response
+from .encoding import encode_prompt, encode_response, pad_id
 from .evaluate import greedy_eval
 from .io import append_jsonl
 from .logprobs import collate_pairs, sequence_logps
@@ -38,7 +38,7 @@ def sft_train(
     if any(ex.answer is None for ex in train):
         raise ValueError("SFT needs a gold answer for every training example")
     pairs = [(encode_prompt(tokenizer, ex.prompt), encode_response(tokenizer, ex.answer)) for ex in train]
-    pad_id = tokenizer.pad_token_id
+    pad = pad_id(tokenizer)
     generator = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
@@ -47,7 +47,7 @@ def sft_train(
     model.train()
     for step in range(1, cfg.max_steps + 1):
         idx = torch.randint(len(pairs), (cfg.batch_size,), generator=generator).tolist()
-        batch = collate_pairs([pairs[i] for i in idx], pad_id)
+        batch = collate_pairs([pairs[i] for i in idx], pad)
         loss = -sequence_logps(model, batch).sum() / batch["response_mask"].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

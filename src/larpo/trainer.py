@@ -19,17 +19,17 @@ from typing import Sequence
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import gather_object
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
 
 from .config import TrainConfig
-from .encoding import encode_prompt, encode_response
+from .encoding import encode_prompt, encode_response, pad_id
 from .io import append_jsonl
 from .lists import RankedList
-from .logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
+from .logprobs import base_model, collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 from .losses import get_loss
+from .parallel import gather_merged, my_share
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def _to_matrix(flat: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torc
 def reference_logps(
     model: nn.Module,
     encoded: Sequence[EncodedList],
-    pad_id: int,
+    pad: int,
     batch_size: int,
     accelerator: Accelerator,
     progress: bool = False,
@@ -97,8 +97,7 @@ def reference_logps(
     pass, through the same :func:`policy_logps` as training. Returns one float32 CPU tensor [m]
     per list, in the order of ``encoded``, on every process.
     """
-    rank, world = accelerator.process_index, accelerator.num_processes
-    mine = sorted(range(rank, len(encoded), world), key=lambda i: list_tokens(encoded[i]))
+    mine = sorted(my_share(len(encoded), accelerator), key=lambda i: list_tokens(encoded[i]))
     batches: list[list[int]] = []
     for i in mine:
         if not batches or sum(len(encoded[j].response_ids) for j in batches[-1]) + len(encoded[i].response_ids) > batch_size:
@@ -110,14 +109,12 @@ def reference_logps(
     bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
     with torch.no_grad(), accelerator.autocast():
         for ids in batches:
-            flat = policy_logps(model, [encoded[i] for i in ids], pad_id, accelerator.device, shared_prompt).float().cpu()
+            flat = policy_logps(model, [encoded[i] for i in ids], pad, accelerator.device, shared_prompt).float().cpu()
             local.update(zip(ids, flat.split([len(encoded[i].response_ids) for i in ids])))
             bar.update(len(ids))
     bar.close()
     model.train(was_training)
-    merged: dict[int, torch.Tensor] = {}
-    for part in gather_object([local]) if world > 1 else [local]:
-        merged.update(part)
+    merged = gather_merged(local, accelerator)
     return [merged[i] for i in range(len(encoded))]
 
 
@@ -136,14 +133,13 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
 
 def _checkpointing(model: nn.Module) -> bool:
     """Whether activation checkpointing is on; it turns the KV cache off, so prompts cannot be shared."""
-    base = getattr(model, "module", model)  # DDP
-    base = base.get_base_model() if hasattr(base, "get_base_model") else base  # peft
+    base = base_model(model)
     flag = getattr(type(base), "is_activation_checkpointing", None) or getattr(type(base), "is_gradient_checkpointing", None)
     return bool(flag.__get__(base)) if isinstance(flag, property) else False
 
 
 def policy_logps(
-    model: nn.Module, batch: Sequence[EncodedList], pad_id: int, device: torch.device, shared_prompt: bool
+    model: nn.Module, batch: Sequence[EncodedList], pad: int, device: torch.device, shared_prompt: bool
 ) -> torch.Tensor:
     """log π of every response of a micro-batch of lists, flat [Σ m], list by list.
 
@@ -152,9 +148,9 @@ def policy_logps(
     (prompt, response) pair is a sequence of its own.
     """
     if shared_prompt and not _checkpointing(model):
-        inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad_id)
+        inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad)
         return shared_prompt_logps(model, {k: v.to(device) for k, v in inputs.items()})
-    inputs = collate_pairs(_flat_pairs(batch), pad_id)
+    inputs = collate_pairs(_flat_pairs(batch), pad)
     return sequence_logps(model, {k: v.to(device) for k, v in inputs.items()})
 
 
@@ -164,12 +160,12 @@ def _list_losses(
     ref: Sequence[torch.Tensor],
     loss_fn,
     cfg: TrainConfig,
-    pad_id: int,
+    pad: int,
     device: torch.device,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
     sizes = [len(el.response_ids) for el in batch]
-    policy, mask = _to_matrix(policy_logps(model, batch, pad_id, device, cfg.shared_prompt), sizes)
+    policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt), sizes)
     reference, _ = _to_matrix(torch.cat(list(ref)).to(device), sizes)
     rewards, _ = _to_matrix(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32, device=device), sizes)
     gamma = cfg.beta * (policy - reference)
@@ -197,11 +193,11 @@ def train_phase(
     """
     if not lists:
         raise ValueError("train_phase needs at least one ranked list")
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     encoded = encode_lists(tokenizer, lists)
     model.to(accelerator.device)
     if ref_logps is None:
-        ref_logps = reference_logps(model, encoded, pad_id, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
+        ref_logps = reference_logps(model, encoded, pad, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
     loss_fn = get_loss(cfg.loss)
     if cfg.loss == "lambdarank":
         loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
@@ -235,7 +231,7 @@ def train_phase(
                 sync = micro == n_micro - 1
                 with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
                     per_list, stats = _list_losses(
-                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad_id, device
+                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device
                     )
                     accelerator.backward(per_list.sum() * (scale * weight))
                 totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])

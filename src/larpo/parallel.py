@@ -1,0 +1,25 @@
+"""Work dealt to processes and gathered back: the one place that merges per-process results."""
+
+from __future__ import annotations
+
+from typing import TypeVar
+
+from accelerate import Accelerator
+from accelerate.utils import gather_object
+
+T = TypeVar("T")
+
+
+def my_share(n: int, accelerator: Accelerator) -> range:
+    """The indices 0..n-1 this process takes when n items are dealt round-robin."""
+    return range(accelerator.process_index, n, accelerator.num_processes)
+
+
+def gather_merged(local: dict[int, T], accelerator: Accelerator) -> dict[int, T]:
+    """Every process's ``{index: result}`` merged into one dict, returned on every process."""
+    if accelerator.num_processes == 1:
+        return dict(local)
+    merged: dict[int, T] = {}
+    for part in gather_object([local]):
+        merged.update(part)
+    return merged
