@@ -102,3 +102,9 @@ def test_the_readme_example_config_loads():
     block = re.search(r"```yaml\n(# my-run.yaml.*?)```", text, re.S).group(1)
     cfg = C.from_dict(__import__("yaml").safe_load(block))
     assert (cfg.task.name, cfg.model.lora, cfg.reranker.kind) == ("dataset", True, "hf")
+
+
+def test_lipo_weights_with_a_loss_other_than_lambdarank_are_refused():
+    with pytest.raises(C.ConfigError, match="train.weighting: .lipo. weights lambdarank pairs; got train.loss=.listmle."):
+        C.load(None, ["train.weighting=lipo", "train.loss=listmle"])
+    assert C.load(None, ["train.weighting=lipo"]).train.weighting == "lipo"  # lambdarank, the default loss

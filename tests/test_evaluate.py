@@ -12,7 +12,7 @@ import torch
 
 from larpo.cli import main
 from larpo.config import RerankerConfig, TaskConfig
-from larpo.encoding import encode_prompt, encode_response
+from larpo.encoding import encode_prompt
 from larpo.evaluate import format_table, greedy_eval, retriever_eval
 from larpo.models import load_policy
 from larpo.rerankers import build_reranker
@@ -83,6 +83,17 @@ def test_cli_eval_writes_json(tiny_model_dir, tmp_path):
     assert result["n_prompts"] == 5 and result["sampled"]["1.0"]["n_samples"] == 4
 
 
+def test_cli_eval_loads_the_policy_in_model_dtype_with_its_token_limits(tiny_model_dir, tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("task: {digits: 1, n_train: 20, n_eval: 10}\nsampling: {max_new_tokens: 4}\n"
+                      "model: {dtype: bfloat16, max_prompt_tokens: 2}\n")
+    out = tmp_path / "x.json"
+    assert main(["eval", str(tiny_model_dir), "--config", str(config), "--samples", "2", "--prompts", "3", "--out", str(out)]) == 0
+    settings = json.loads(out.read_text())["settings"]
+    assert settings["dtype"] == "bfloat16" and settings["max_prompt_tokens"] == 2
+    assert settings["truncated_prompt_encodings"] > 0  # prompts such as "3+4=" are cut to their last 2 tokens
+
+
 @pytest.mark.parametrize("extra", [[], ["--temperatures", "0.5,x"], ["--samples", "0"]])
 def test_cli_eval_user_errors(tmp_path, tiny_model_dir, capsys, extra):
     policy = tmp_path / "missing" if not extra else tiny_model_dir
@@ -116,12 +127,14 @@ def test_ranking_metrics_and_mean_length_equal_an_independent_recomputation(tiny
     samples = generate(model, tokenizer, prompts, 8, 1.0, 4, batch_size=2, seed=3)  # 16 // 8 prompts per call
     ndcg = {1: [], 5: [], None: []}
     rr = []
-    for prompt, responses in zip(prompts, samples):
-        distinct = list(dict.fromkeys(responses))
-        gains = [task.reward(prompt, r) for r in distinct]
+    eos = [tokenizer.eos_token_id]
+    for prompt, group in zip(prompts, samples):
+        distinct = list({(s.ids, s.finished): s for s in group}.values())  # distinct sampled sequences
+        gains = [task.reward(prompt, s.text) for s in distinct]
         if len(set(gains)) < 2:
             continue
-        logps = [_logp64(model, encode_prompt(tokenizer, prompt), encode_response(tokenizer, r)) for r in distinct]
+        prompt_ids = encode_prompt(tokenizer, prompt)
+        logps = [_logp64(model, prompt_ids, list(s.ids) + (eos if s.finished else [])) for s in distinct]
         order = sorted(range(len(distinct)), key=lambda i: -logps[i])
         ideal = sorted(gains, reverse=True)
         for k in ndcg:
@@ -134,5 +147,5 @@ def test_ranking_metrics_and_mean_length_equal_an_independent_recomputation(tiny
     for k, values in ndcg.items():
         assert ranking["ndcg" if k is None else f"ndcg@{k}"]["mean"] == pytest.approx(sum(values) / len(values), abs=1e-9)
     assert ranking["mrr"]["mean"] == pytest.approx(sum(rr) / len(rr), abs=1e-9)
-    lengths = [len(r) for rs in samples for r in rs]
+    lengths = [len(s.text) for group in samples for s in group]
     assert result["sampled"]["1.0"]["mean_length"] == pytest.approx(sum(lengths) / len(lengths))

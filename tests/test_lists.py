@@ -77,3 +77,46 @@ def test_ranked_list_row_round_trip_and_validation():
 def test_candidates_of_several_prompts_are_rejected_by_build_list():
     with pytest.raises(ValueError, match="one prompt"):
         build_list(cands([1.0], "a") + cands([0.0], "b"))
+
+
+def sampled(rewards, finished, prompt_id="p"):
+    """Candidates as the sampler makes them: each with its drawn ids and whether it reached EOS."""
+    return [Candidate(prompt_id, "prompt", f"r{i}", rew, 1.0, "own", 0, (i, i + 1), fin)
+            for i, (rew, fin) in enumerate(zip(rewards, finished))]
+
+
+def test_unfinished_responses_are_kept_dropped_or_lowered_as_configured():
+    pool = sampled([1.0, 0.9, 0.5, 0.2], [True, False, True, True])
+    (kept,), stats = build_lists(pool, "full", unfinished="keep")
+    assert kept.responses == ("r0", "r1", "r2", "r3") and kept.finished == (True, False, True, True)
+    assert stats.unfinished == 1
+    (dropped,), _ = build_lists(pool, "full", unfinished="drop")
+    assert dropped.responses == ("r0", "r2", "r3")
+    (lowered,), _ = build_lists(pool, "full", unfinished="lowest")
+    assert lowered.responses == ("r0", "r2", "r1", "r3") and lowered.rewards == (1.0, 0.5, 0.2, 0.2)  # tied with the worst
+
+
+def test_a_prompt_whose_finished_candidates_all_tie_is_skipped_when_unfinished_ones_are_dropped():
+    lists, stats = build_lists(sampled([1.0, 0.0, 1.0], [True, False, True]), "full", unfinished="drop")
+    assert lists == [] and stats.skipped_tied == 1
+
+
+def test_a_finished_response_and_the_same_text_cut_at_the_limit_are_both_kept():
+    finished, cut = sampled([1.0, 0.0], [True, False])
+    kept, dropped = dedupe([finished, Candidate(**{**cut.to_row(), "response": "r0", "response_ids": (0, 1)}), finished])
+    assert [c.finished for c in kept] == [True, False] and dropped == 1
+
+
+def test_lists_keep_the_sampled_ids_through_their_rows():
+    (ranked,), _ = build_lists(sampled([0.2, 0.9], [False, True]), "full")
+    assert ranked.response_ids == ((1, 2), (0, 1)) and ranked.finished == (True, False)
+    assert RankedList.from_row(ranked.to_row()) == ranked
+    text_only = RankedList.from_row({k: v for k, v in ranked.to_row().items() if k not in ("response_ids", "finished")})
+    assert text_only.response_ids is None and text_only.finished is None
+
+
+def test_prompts_without_a_usable_hard_negative_are_counted_apart_from_tied_ones():
+    own = cands([1.0, 0.5], "a") + cands([0.3, 0.3], "b")
+    negatives = cands([0.9], "a", ["n0"], source="random_prompt")  # above a's second positive: not kept
+    lists, stats = build_lists(own, "top_bottom", top=2, bottom=1, negatives=negatives)
+    assert lists == [] and stats.skipped_no_negative == 2 and stats.skipped_tied == 0

@@ -88,8 +88,26 @@ def test_candidates_have_k_samples_per_prompt_and_full_records(small_run):
     _, run_dir, _ = small_run
     rows = read_jsonl(run_dir / "iter_0" / "candidates.jsonl")
     assert len(rows) == 16 * 4
-    assert set(rows[0]) == {"prompt_id", "prompt", "response", "reward", "temperature", "source", "iteration"}
+    assert set(rows[0]) == {"prompt_id", "prompt", "response", "reward", "temperature", "source", "iteration",
+                            "response_ids", "finished"}
     assert {r["iteration"] for r in rows} == {0}
+
+
+def test_lists_train_on_the_sampled_ids_with_eos_only_where_the_policy_stopped(small_run):
+    _, run_dir, _ = small_run
+    from larpo.models import load_policy
+    from larpo.trainer import encode_lists
+
+    candidates = read_jsonl(run_dir / "iter_0" / "candidates.jsonl")
+    assert {r["finished"] for r in candidates} == {True, False}  # max_new_tokens=4 cuts some samples
+    sampled = {(r["prompt_id"], tuple(r["response_ids"]), r["finished"]) for r in candidates}
+    lists = [RankedList.from_row(r) for r in read_jsonl(run_dir / "iter_0" / "lists.jsonl")]
+    _, tokenizer = load_policy(run_dir / "sft")
+    eos = tokenizer.eos_token_id
+    for rl, encoded in zip(lists, encode_lists(tokenizer, lists)):
+        for ids, finished, trained in zip(rl.response_ids, rl.finished, encoded.response_ids):
+            assert (rl.prompt_id, ids, finished) in sampled
+            assert trained == list(ids) + [eos] if finished else trained == list(ids)
 
 
 def test_memorization_merges_earlier_candidates(small_run):

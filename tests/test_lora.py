@@ -170,3 +170,73 @@ def test_a_lora_run_trains_adapters_over_iterations_on_a_frozen_base(tiny_model_
     assert not torch.equal(logits(first), logits(last))  # the second iteration trained the adapters further
     with last.disable_adapter():
         assert torch.equal(logits(last), logits(base))
+
+
+LORA_RUN = ["sft.enabled=false", "model.lora=true", "model.lora_r=4", "model.lora_dropout=0.1", "train.dropout=true",
+            "task.n_train=24", "task.n_eval=8", "reranker.kind=callable", "reranker.function=scorer:score",
+            "sampling.k=4", "sampling.max_new_tokens=4", "train.lr=1e-2", "train.epochs=1", "train.batch_size=4",
+            "train.micro_batch_size=2", "loop.iterations=2", "loop.prompts_per_iteration=8", "eval.n_prompts=8",
+            "eval.samples=0", "seed=5"]
+
+
+@pytest.fixture
+def lora_run_config(tiny_model_dir, tmp_path, monkeypatch):
+    """A 2-iteration LoRA run with LoRA dropout kept on in training (its masks then depend on the seed too)."""
+    (tmp_path / "scorer.py").write_text(SCORER)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    path = tmp_path / "lora.yaml"
+    path.write_text(C.dump(C.load(None, [f"model.path={tiny_model_dir}", *LORA_RUN])))
+    return path
+
+
+def adapter_bytes(run_dir, s):
+    return (run_dir / f"iter_{s}" / "policy" / "adapter_model.safetensors").read_bytes()
+
+
+def test_two_lora_runs_with_one_seed_give_bit_identical_adapters(lora_run_config, tmp_path):
+    for name in ("a", "b"):  # one process: the second run starts from whatever the first left in the global RNGs
+        run(C.load(lora_run_config), tmp_path / name, progress=False, log=lambda _: None)
+    for s in (0, 1):
+        assert adapter_bytes(tmp_path / "a", s) == adapter_bytes(tmp_path / "b", s)
+
+
+def test_a_lora_run_killed_after_its_first_iteration_resumes_to_the_uninterrupted_result(lora_run_config, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    run(C.load(lora_run_config), tmp_path / "whole", progress=False, log=lambda _: None)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    cmd = [sys.executable, "-m", "larpo.cli", "run", "--quiet", "--config", str(lora_run_config), "--out", str(tmp_path / "killed")]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    marker = tmp_path / "killed" / "iter_0" / "policy"
+    deadline = time.time() + 300
+    while not marker.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert marker.exists() and not (tmp_path / "killed" / "summary.json").exists()
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    assert adapter_bytes(tmp_path / "killed", 1) == adapter_bytes(tmp_path / "whole", 1)
+    got, want = (json.loads((tmp_path / d / "summary.json").read_text()) for d in ("killed", "whole"))
+    assert got["per_policy"] == want["per_policy"]
+
+
+def test_a_mixed_reference_works_with_lora_and_averages_the_merged_weights(lora_run_config, tiny_model_dir, tmp_path):
+    from larpo.reference import reference_model
+
+    cfg = C.load(lora_run_config, ["train.reference=mix", "train.reference_mix=0.5"])
+    summary = run(cfg, tmp_path / "mix", progress=False, log=lambda _: None)  # iteration 2 mixes a LoRA policy
+    assert len(summary["per_policy"]) == 3 and summary["initial_label"] == "initial"
+    load = lambda path: policy_from_config(path, cfg.model)  # noqa: E731
+    mixed = reference_model("mix", tiny_model_dir, tmp_path / "mix" / "iter_0" / "policy", 0.5, load).state_dict()
+    base = load_policy(tiny_model_dir)[0].state_dict()
+    merged = load_policy(tmp_path / "mix" / "iter_0" / "policy")[0].merge_and_unload().state_dict()
+    assert mixed.keys() == base.keys()
+    changed = [name for name in base if not torch.equal(base[name], merged[name])]
+    assert changed  # the adapters moved some weights
+    for name in base:
+        torch.testing.assert_close(mixed[name], 0.5 * base[name] + 0.5 * merged[name])

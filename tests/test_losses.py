@@ -58,9 +58,11 @@ def ref_lipo(s, r):
 
 
 def ref_listmle(s, r):
+    """Without rewards: the Plackett–Luce terms over the tail s[i:]; with rewards, item i competes
+    with itself and the strictly lower-rewarded items only."""
     total = 0.0
     for i in range(len(s)):
-        tail = s[i:]
+        tail = s[i:] if r is None else [s[i]] + [s[j] for j in range(len(s)) if r[j] < r[i]]
         top = max(tail)
         total += -(s[i] - (top + math.log(sum(math.exp(x - top) for x in tail))))
     return total
@@ -195,9 +197,18 @@ def test_tied_rewards_contribute_nothing():
     )
 
 
-def test_listmle_ignores_rewards():
-    scores, mask, rewards, _ = ragged_batch(seed=8)
-    torch.testing.assert_close(listmle_loss(scores, mask, rewards), listmle_loss(scores, mask))
+def test_listmle_without_ties_equals_listmle_without_rewards():
+    scores, mask, rewards, _ = ragged_batch(seed=8, tie_rewards=False)
+    torch.testing.assert_close(listmle_loss(scores, mask, rewards), listmle_loss(scores, mask), rtol=1e-12, atol=1e-12)
+
+
+def test_listmle_learns_no_order_inside_a_tie_group():
+    scores = torch.tensor([[0.3, 2.0, -1.0, 0.5]], dtype=torch.float64)
+    rewards = torch.tensor([[1.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    swapped = scores[:, [1, 0, 3, 2]]  # each tie group's two items exchanged
+    torch.testing.assert_close(listmle_loss(scores, rewards=rewards), listmle_loss(swapped, rewards=rewards))
+    assert listmle_loss(scores[:, 2:], rewards=rewards[:, 2:]).item() == 0.0  # an all-tied list carries nothing
+    assert listmle_loss(scores, rewards=rewards).item() != listmle_loss(swapped).item()  # without rewards: ordered
 
 
 def test_unknown_loss_name_is_rejected():

@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 
 from larpo import config as C
 from larpo.io import read_jsonl
@@ -62,3 +63,14 @@ def test_two_processes_train_as_one_process_does(runs):
         assert abs(a["loss"] - b["loss"]) <= 1e-4
     summary = json.loads((two / "summary.json").read_text())
     assert summary["sft"] == json.loads((one / "summary.json").read_text())["sft"]
+
+
+def test_two_processes_save_the_policy_one_process_trains(runs):
+    from safetensors.torch import load_file
+
+    one, two, _ = runs
+    got = load_file(two / "iter_0" / "policy" / "model.safetensors")
+    want = load_file(one / "iter_0" / "policy" / "model.safetensors")
+    assert got.keys() == want.keys()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=1e-5, rtol=1e-4)

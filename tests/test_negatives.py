@@ -73,4 +73,4 @@ def test_build_lists_with_negatives_skips_prompts_without_a_usable_negative():
     negatives = [cand("a", "37+48=", "12", 0.0, "random_prompt"), cand("b", "37+41=", "78", 1.0, "random_prompt")]
     lists, stats = build_lists(POOL, "top_bottom", top=1, bottom=1, negatives=negatives)
     assert [rl.prompt_id for rl in lists] == ["a"] and lists[0].responses == ("85", "12")
-    assert stats.skipped_tied == 2 and stats.sources == {"own": 1, "random_prompt": 1}
+    assert stats.skipped_no_negative == 2 and stats.skipped_tied == 0 and stats.sources == {"own": 1, "random_prompt": 1}

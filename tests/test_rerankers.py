@@ -156,3 +156,36 @@ def test_hf_reranker_rejects_a_multi_label_classifier(tmp_path, tiny_tokenizer):
 def test_hf_reranker_rejects_a_missing_directory(tmp_path):
     with pytest.raises(ConfigError, match="reranker.path: .* not a directory"):
         build_reranker(RerankerConfig(kind="hf", path=str(tmp_path / "absent")), None)
+
+
+def test_hf_reranker_runs_in_the_dtype_it_is_given(reward_model_dir, tiny_tokenizer):
+    path, model = reward_model_dir
+    reranker = build_reranker(RerankerConfig(kind="hf", path=str(path), dtype="bfloat16"), None)
+    assert reranker.model.dtype == torch.bfloat16
+    scores = reranker.score(PROMPTS, RESPONSES)
+    assert all(isinstance(s, float) for s in scores)
+    want = build_reranker(RerankerConfig(kind="hf", path=str(path)), None).score(PROMPTS, RESPONSES)
+    assert scores == pytest.approx(want, abs=0.1)  # bf16 rounding only
+    default = build_reranker(RerankerConfig(kind="hf", path=str(path)), None, default_dtype="bfloat16")
+    assert default.model.dtype == torch.bfloat16  # no reranker.dtype: the policy's
+
+
+def test_scores_sharded_over_two_processes_equal_one_process_scores(reward_model_dir, tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = reward_model_dir
+    worker = str(Path(__file__).parent / "score_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, worker, str(path), str(tmp_path / "one.json")], env=env, check=True, timeout=120)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
+                          str(path), str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stderr[-3000:]
+    one, two = (json.loads((tmp_path / f).read_text()) for f in ("one.json", "two.json"))
+    assert two["processes"] == 2 and len(two["scores"]) == 2
+    (want,) = one["scores"]
+    assert len(want) == 14 and len(set(want)) > 1
+    assert two["scores"][0] == two["scores"][1] == pytest.approx(want, abs=1e-6)  # every process gets every score

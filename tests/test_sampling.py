@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from larpo.sampling import generate
+from larpo.sampling import Sample, generate
 
 PROMPTS = ["1+2=", "123+456=", "98-7=", "5-999=", "0+0=", "77+1=", "4-4="]  # different lengths
 
@@ -24,7 +24,7 @@ def peaked_model(tiny_model):
 def test_returns_k_responses_per_prompt(tiny_model, tiny_tokenizer):
     out = generate(tiny_model, tiny_tokenizer, PROMPTS, k=3, temperature=1.0, max_new_tokens=5, batch_size=2)
     assert len(out) == len(PROMPTS)
-    assert all(len(responses) == 3 and all(isinstance(r, str) for r in responses) for responses in out)
+    assert all(len(group) == 3 and all(isinstance(s, Sample) and isinstance(s.text, str) for s in group) for group in out)
 
 
 def test_same_seed_same_samples_and_global_rng_untouched(tiny_model, tiny_tokenizer):
@@ -53,15 +53,19 @@ def test_greedy_batched_with_left_padding_equals_one_prompt_at_a_time(peaked_mod
     greedy = dict(k=1, temperature=0.0, max_new_tokens=12)
     alone = [generate(peaked_model, tiny_tokenizer, [p], **greedy)[0] for p in PROMPTS]
     batched = generate(peaked_model, tiny_tokenizer, PROMPTS, batch_size=4, **greedy)
-    assert len({r[0] for r in alone}) > 3  # the outputs do depend on the prompt
+    assert len({r[0].text for r in alone}) > 3  # the outputs do depend on the prompt
     assert batched == alone
 
 
 def test_responses_stop_at_eos_and_carry_no_special_tokens(peaked_model, tiny_tokenizer):
     out = generate(peaked_model, tiny_tokenizer, PROMPTS, k=8, temperature=1.0, max_new_tokens=12, batch_size=3)
-    lengths = [len(tiny_tokenizer(r, add_special_tokens=False)["input_ids"]) for rs in out for r in rs]
-    assert min(lengths) < 12 and max(lengths) <= 12  # some samples stopped early, in a batch with longer ones
-    assert not any("<eos>" in r or "<pad>" in r for rs in out for r in rs)
+    samples = [s for group in out for s in group]
+    assert {s.finished for s in samples} == {True, False}  # some stopped early, in a batch with longer ones
+    for s in samples:
+        assert tiny_tokenizer.eos_token_id not in s.ids  # cut at the first EOS (and the padding after it)
+        assert len(s.ids) < 12 if s.finished else len(s.ids) == 12  # unfinished: cut at the limit
+        assert s.text == tiny_tokenizer.decode(list(s.ids), skip_special_tokens=True)
+        assert "<eos>" not in s.text and "<pad>" not in s.text
 
 
 def test_a_policy_that_always_ends_gives_empty_responses(tiny_model, tiny_tokenizer):
@@ -72,7 +76,7 @@ def test_a_policy_that_always_ends_gives_empty_responses(tiny_model, tiny_tokeni
 
     tiny_model.lm_head.register_forward_hook(favour_eos)
     out = generate(tiny_model, tiny_tokenizer, PROMPTS, k=2, temperature=1.0, max_new_tokens=5)
-    assert out == [["", ""]] * len(PROMPTS)
+    assert out == [[Sample("", (), True)] * 2] * len(PROMPTS)
 
 
 @pytest.mark.parametrize("training", [True, False])

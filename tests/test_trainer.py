@@ -12,6 +12,7 @@ import torch
 
 from larpo.config import TrainConfig
 from larpo.io import read_jsonl
+from larpo.lists import RankedList
 from larpo.logprobs import collate_pairs, sequence_logps
 from larpo.trainer import encode_lists, make_accelerator, pair_statistics, train_phase
 
@@ -169,3 +170,57 @@ def test_activation_checkpointing_falls_back_to_repeated_prompts_with_the_same_l
     a = train_phase(plain, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     b = train_phase(checkpointed, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
+
+
+def _merged_token(tokenizer) -> tuple[str, list[int]]:
+    """A vocabulary entry that is a BPE merge, and the ids of its characters taken one by one."""
+    for token, token_id in sorted(tokenizer.get_vocab().items(), key=lambda kv: kv[1]):
+        pieces = [tokenizer.convert_tokens_to_ids(ch) for ch in token]
+        if len(token) > 1 and tokenizer.unk_token_id not in pieces:
+            return tokenizer.convert_tokens_to_string([token]), pieces
+    raise AssertionError("the tiny tokenizer has no merged token")
+
+
+def test_trained_ids_are_the_sampled_ids_even_where_the_text_would_tokenise_otherwise(tiny_tokenizer):
+    text, pieces = _merged_token(tiny_tokenizer)  # the policy drew the characters one at a time
+    assert tiny_tokenizer(text, add_special_tokens=False)["input_ids"] != pieces  # re-tokenising would merge them
+    rl = RankedList("p", "1+2=", (text, text), (1.0, 0.0), ("own", "own"), response_ids=(tuple(pieces), tuple(pieces)),
+                    finished=(True, False))
+    (encoded,) = encode_lists(tiny_tokenizer, [rl])
+    eos = tiny_tokenizer.eos_token_id
+    assert encoded.response_ids == [pieces + [eos], pieces]  # EOS only where the policy ended the response
+
+
+def test_a_text_only_list_is_tokenised_and_ends_in_eos(tiny_tokenizer):
+    (encoded,) = encode_lists(tiny_tokenizer, [RankedList("p", "1+2=", ("3", "4"), (1.0, 0.0), ("own", "own"))])
+    assert encoded.response_ids == [tiny_tokenizer("3", add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id],
+                                    tiny_tokenizer("4", add_special_tokens=False)["input_ids"] + [tiny_tokenizer.eos_token_id]]
+
+
+def _first_step_margin(model, tokenizer, cfg, tmp_path) -> float:
+    metrics = tmp_path / f"m{len(list(tmp_path.iterdir()))}.jsonl"
+    train_phase(model, tokenizer, fixed_lists(4), cfg, make_accelerator(cfg), seed=0, metrics_path=metrics, progress=False)
+    return read_jsonl(metrics)[0]["margin"]
+
+
+def test_gamma_starts_at_zero_with_dropout_in_the_model_and_in_lora(tiny_tokenizer, tmp_path):
+    from larpo.config import ModelConfig
+    from larpo.models import apply_lora, build_tiny_model
+
+    dropout_model = ModelConfig(hidden_size=32, num_layers=2, num_heads=2, intermediate_size=64, lora_r=4, lora_dropout=0.1)
+
+    def policy():
+        model = build_tiny_model(dropout_model, tiny_tokenizer, seed=0)
+        model.config.attention_dropout = 0.3
+        for layer in model.model.layers:
+            layer.self_attn.attention_dropout = 0.3
+        return apply_lora(model, dropout_model)
+
+    cfg = phase_cfg(batch_size=4, micro_batch_size=2)
+    assert abs(_first_step_margin(policy(), tiny_tokenizer, cfg, tmp_path)) < 1e-6  # γ = 0: the policy is π_ref
+    noisy = _first_step_margin(policy(), tiny_tokenizer, phase_cfg(batch_size=4, micro_batch_size=2, dropout=True), tmp_path)
+    assert abs(noisy) > 1e-3  # with train.dropout kept on, dropout makes γ ≠ 0 before any update
+    model = policy()
+    train_phase(model, tiny_tokenizer, fixed_lists(4), cfg, make_accelerator(cfg), seed=0, progress=False)
+    assert model.base_model.model.model.layers[0].self_attn.attention_dropout == 0.3  # restored after the phase
+    assert model.base_model.model.model.layers[0].self_attn.q_proj.lora_dropout["default"].p == 0.1

@@ -77,7 +77,7 @@ def _eval_config(args: argparse.Namespace) -> config_mod.Config:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from .evaluate import format_table, retriever_eval
-    from .models import load_policy
+    from .models import policy_from_config
     from .rerankers import build_reranker
     from .tasks import build_task
 
@@ -90,10 +90,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--temperatures, --samples and --prompts: expected positive values")
     task = build_task(cfg.task)
     examples = task.eval_examples()[: args.prompts or cfg.eval.n_prompts]
-    trust = cfg.model.trust_remote_code
-    model, tokenizer = load_policy(args.policy_dir, trust_remote_code=trust)
-    baseline = load_policy(args.baseline, trust_remote_code=trust) if args.baseline else None
-    result = retriever_eval(model, tokenizer, task, examples, build_reranker(cfg.reranker, task), args.samples,
+    model, tokenizer = policy_from_config(args.policy_dir, cfg.model)  # model.dtype and the token limits
+    baseline = policy_from_config(args.baseline, cfg.model) if args.baseline else None
+    reranker = build_reranker(cfg.reranker, task, model.device, cfg.model.dtype)
+    result = retriever_eval(model, tokenizer, task, examples, reranker, args.samples,
                             temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
     result.update(policy=str(args.policy_dir), baseline_policy=args.baseline)
     out = Path(args.out) if args.out else Path(args.policy_dir) / "retriever_eval.json"

@@ -43,7 +43,8 @@ def _fmt(stat: tuple[float, float | None, float | None]) -> str:
 
 
 def comparison_table(runs: list[dict]) -> str:
-    header = ["run", "prompts", "SFT accuracy", "final accuracy", "SFT gold reward", "final gold reward", "pass@1 / pass@N (final)", "wall s"]
+    header = ["run", "prompts", "initial accuracy", "final accuracy", "initial gold reward", "final gold reward",
+              "pass@1 / pass@N (final)", "wall s"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for run in runs:
         sft, final = run["summary"]["sft"], run["summary"]["final"]
@@ -79,7 +80,7 @@ def plot_comparison(runs: list[dict], out_dir: Path) -> list[Path]:
                 [s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]]
             ax.errorbar(range(len(stats)), means, yerr=errors, marker="o", capsize=3, label=run["name"])
     for ax, title in zip(axes, ("held-out exact accuracy", "held-out gold reward")):
-        ax.set(xlabel="LarPO iterations completed (0 = SFT)", title=title)
+        ax.set(xlabel="LarPO iterations completed (0 = the initial policy)", title=title)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()

@@ -103,6 +103,7 @@ class RerankerConfig:
     path: str | None = None  # hf: local reward-model directory
     function: str | None = None  # callable: "module:function" (prompts, responses) -> rewards
     batch_size: int = 32
+    dtype: Literal["float32", "bfloat16"] | None = None  # hf: the reward model's weights (None: model.dtype)
 
 
 @dataclass
@@ -117,6 +118,7 @@ class ListConfig:
     negatives: Literal["own", "own_low_temperature", "own_high_temperature", "similar_prompt", "random_prompt"] = "own"
     low_temperature: float = 0.3  # own_low_temperature: negatives sampled separately at this temperature
     high_temperature: float = 1.5  # own_high_temperature: likewise
+    unfinished: Literal["keep", "drop", "lowest"] = "keep"  # responses cut at sampling.max_new_tokens: trained without EOS | left out | given the prompt's lowest reward
 
 
 @dataclass
@@ -138,6 +140,7 @@ class TrainConfig:
     shared_prompt: bool = True  # one prompt pass per list, its KV cache shared by the m responses
     reference: Literal["previous", "initial", "mix"] = "previous"  # π_ref: start of iteration | SFT policy | average
     reference_mix: float = 0.5  # mix: weight of the initial policy in the parameter average
+    dropout: bool = False  # keep the model's and LoRA's dropout while training (off: γ starts at 0, as in TRL)
 
 
 @dataclass
@@ -168,6 +171,11 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def initial_label(self) -> str:
+        """What the policy before the first iteration is called in tables: SFT, or initial (model.path as given)."""
+        return "SFT" if self.sft.enabled else "initial"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,6 +298,8 @@ def validate(cfg: Config) -> Config:
         raise ConfigError(
             f"model.hidden_size: got {cfg.model.hidden_size}, expected a multiple of model.num_heads ({cfg.model.num_heads})"
         )
+    if cfg.train.weighting == "lipo" and cfg.train.loss != "lambdarank":
+        raise ConfigError(f"train.weighting: 'lipo' weights lambdarank pairs; got train.loss={cfg.train.loss!r}, expected 'lambdarank'")
     if cfg.lists.strategy == "top_bottom" and cfg.lists.top == 0:
         raise ConfigError("lists.top: got 0, expected at least one positive per list")
     return cfg

@@ -16,6 +16,7 @@ these functions truncates the same way and the truncations are counted in one pl
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Union
 
@@ -74,23 +75,27 @@ def encode_prompt(tokenizer: PreTrainedTokenizerBase, prompt: Prompt) -> list[in
     return ids
 
 
-def encode_response(tokenizer: PreTrainedTokenizerBase, response: str) -> list[int]:
-    """Token ids of a response, terminated by EOS so that stopping is part of what is learned.
+def encode_response(
+    tokenizer: PreTrainedTokenizerBase,
+    response: str,
+    sampled_ids: Sequence[int] | None = None,
+    finished: bool = True,
+) -> list[int]:
+    """Token ids of a response as it is trained on, followed by EOS if it finished.
 
-    For a chat model, EOS should be its end-of-turn token (e.g. ``<|im_end|>``, ``<|eot_id|>``):
-    set the tokenizer's ``eos_token`` to it before saving the model if it is not already. A
-    response cut by ``max_response_tokens`` loses its EOS too, since it did not end there.
+    ``sampled_ids`` are the ids the policy drew (EOS excluded): training scores exactly those, even
+    where decoding and re-tokenising the text would give other ids. Without them the text is
+    tokenised. EOS is appended only to a ``finished`` response — one the policy ended itself (or a
+    given text, such as an SFT answer) — so a response cut at ``sampling.max_new_tokens`` never
+    teaches the policy to stop there. For a chat model, EOS should be its end-of-turn token (e.g.
+    ``<|im_end|>``, ``<|eot_id|>``). A response cut by ``max_response_tokens`` loses its EOS too,
+    since it did not end there.
     """
-    ids = [*tokenizer(response, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id]
+    ids = list(sampled_ids) if sampled_ids is not None else tokenizer(response, add_special_tokens=False)["input_ids"]
+    if finished:
+        ids.append(tokenizer.eos_token_id)
     limits = getattr(tokenizer, _LIMITS, None)
     if limits is not None and limits.max_response_tokens is not None and len(ids) > limits.max_response_tokens:
         limits.truncated_responses += 1
         ids = ids[: limits.max_response_tokens]
     return ids
-
-
-def decode_response(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> str:
-    """Text of generated ids, cut at the first EOS; padding and special tokens dropped."""
-    if tokenizer.eos_token_id in ids:
-        ids = ids[: ids.index(tokenizer.eos_token_id)]
-    return tokenizer.decode(ids, skip_special_tokens=True)

@@ -9,17 +9,19 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .encoding import encode_prompt, encode_response, pad_id
+from .encoding import encode_prompt, encode_response, length_limits, pad_id
 from .logprobs import collate_pairs, sequence_logps
 from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .rerankers import Reranker
-from .sampling import generate
+from .sampling import Sample, generate
 from .tasks import Example, Task
 
 
 def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
-    """One greedy response per prompt."""
-    return [r[0] for r in generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size, progress=progress)]
+    """One greedy response per prompt (its text)."""
+    samples = generate(model, tokenizer, prompts, 1, 0.0, max_new_tokens, batch_size=batch_size, progress=progress,
+                       desc="greedy evaluation")
+    return [group[0].text for group in samples]
 
 
 def greedy_eval(
@@ -69,10 +71,11 @@ def _powers_of_two(limit: int, cap: int | None = None) -> list[int]:
 
 
 @torch.no_grad()
-def _response_logps(model, tokenizer, prompts: list[str], responses: list[str], batch_size: int) -> list[float]:
-    """Summed response log-prob log π(y|x) of each pair (``larpo.logprobs.sequence_logps``)."""
+def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batch_size: int) -> list[float]:
+    """Summed log π(y|x) of each sampled response, its drawn ids (+ EOS if it finished) (``sequence_logps``)."""
     pad = pad_id(tokenizer)
-    pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, r)) for p, r in zip(prompts, responses)]
+    pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, s.text, s.ids, s.finished))
+             for p, s in zip(prompts, samples)]
     was_training = model.training
     model.eval()
     out: list[float] = []
@@ -120,7 +123,7 @@ def retriever_eval(
     result: dict = {
         "n_prompts": n,
         "settings": {"n_samples": n_samples, "temperatures": [float(t) for t in temperatures],
-                     "max_new_tokens": max_new_tokens, "seed": seed},
+                     "max_new_tokens": max_new_tokens, "seed": seed, "dtype": str(model.dtype).removeprefix("torch.")},
         "greedy": {
             "n_prompts": n, "n_samples": 1,
             "exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, greedy)], seed),
@@ -133,23 +136,23 @@ def retriever_eval(
     for t_index, temperature in enumerate(temperatures):
         samples = generate(model, tokenizer, prompts, n_samples, float(temperature), max_new_tokens,
                            batch_size=max(1, batch_size // n_samples), seed=seed + t_index)
-        flat_p = [p for p, rs in zip(prompts, samples) for _ in rs]
-        flat_r = [r for rs in samples for r in rs]
+        flat_p = [p for p, group in zip(prompts, samples) for _ in group]
+        flat_r = [s.text for group in samples for s in group]
         scores = reranker.score(flat_p, flat_r)
         per_prompt = [
-            (rs, [task.reward(p, r) for r in rs], [float(task.correct(p, r)) for r in rs],
-             scores[i * n_samples : (i + 1) * n_samples])
-            for i, (p, rs) in enumerate(zip(prompts, samples))
+            ([s.text for s in group], [task.reward(p, s.text) for s in group],
+             [float(task.correct(p, s.text)) for s in group], scores[i * n_samples : (i + 1) * n_samples])
+            for i, (p, group) in enumerate(zip(prompts, samples))
         ]
-        # distinct candidates of each prompt, scored by the policy's log-prob (the retriever)
-        distinct = [list(dict.fromkeys(rs)) for rs in samples]
+        # distinct sampled sequences of each prompt (with their reranker scores), scored by the
+        # policy's log-prob: the retriever's order
+        distinct = [list({(s.ids, s.finished): (s, sc) for s, sc in zip(group, per_prompt[i][3])}.values())
+                    for i, group in enumerate(samples)]
         cand_p = [p for p, ds in zip(prompts, distinct) for _ in ds]
-        cand_r = [r for ds in distinct for r in ds]
-        logps = _response_logps(model, tokenizer, cand_p, cand_r, batch_size)
+        logps = _response_logps(model, tokenizer, cand_p, [s for ds in distinct for s, _ in ds], batch_size)
         rankings, offset = [], 0
-        for ds, (rs, _, _, sc) in zip(distinct, per_prompt):
-            relevance = [sc[rs.index(d)] for d in ds]
-            rankings.append((logps[offset : offset + len(ds)], relevance))
+        for ds in distinct:
+            rankings.append((logps[offset : offset + len(ds)], [sc for _, sc in ds]))
             offset += len(ds)
         informative = [(lp, rel) for lp, rel in rankings if len(set(rel)) > 1]  # all-tied lists carry no order
         ranking = {"n_prompts": len(informative), "n_samples": n_samples,
@@ -178,6 +181,10 @@ def retriever_eval(
             "win_rate_reranker": _stat(wins(reranker.score(prompts, greedy), reranker.score(prompts, base)), seed),
             "win_rate_gold": _stat(wins(greedy_gold, base_gold), seed),
         }
+    limits = length_limits(tokenizer)
+    result["settings"].update(max_prompt_tokens=limits.max_prompt_tokens, max_response_tokens=limits.max_response_tokens,
+                              truncated_prompt_encodings=limits.truncated_prompts,
+                              truncated_response_encodings=limits.truncated_responses)
     return result
 
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, TypeVar
 
@@ -42,10 +43,10 @@ from .models import build_tiny_model, build_tokenizer, policy_from_config, save_
 from .reference import reference_model
 from .rerankers import Reranker, build_reranker
 from .retrieve import negative_candidates, sample_and_score
-from .seeding import stage_seed
+from .seeding import seed_everything, stage_seed
 from .sft import sft_train
 from .tasks import Example, Task, build_task
-from .trainer import encode_lists, make_accelerator, reference_logps, train_phase
+from .trainer import EncodedList, encode_lists, make_accelerator, reference_logps, train_phase
 
 METRICS = "metrics.jsonl"
 T = TypeVar("T")
@@ -122,11 +123,9 @@ def make_lists(
     prompt_ids = {c.prompt_id for c in current}
     pool = current + remembered(run_dir, iteration, cfg.lists.memorization, prompt_ids)
     top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    lists, stats = build_lists(pool, cfg.lists.strategy, top, bottom, None if cfg.lists.negatives == "own" else negatives)
-    return lists, {
-        "lists": stats.lists, "skipped_tied": stats.skipped_tied, "duplicates": stats.duplicates,
-        "items": stats.items, "remembered": len(pool) - len(current), "sources": stats.sources,
-    }
+    lists, stats = build_lists(pool, cfg.lists.strategy, top, bottom, None if cfg.lists.negatives == "own" else negatives,
+                               cfg.lists.unfinished)
+    return lists, {**asdict(stats), "remembered": len(pool) - len(current)}
 
 
 def _lists_stage(
@@ -159,17 +158,21 @@ def _lists_stage(
     return lists
 
 
-def _log_truncations(run_dir: Path, iteration: int, tokenizer) -> None:
-    """One metrics row of the iteration's truncated encodings, when length limits are set."""
+def _encode(run_dir: Path, iteration: int, tokenizer, lists: list[RankedList], main: bool) -> list[EncodedList]:
+    """The iteration's lists as token ids; the main process logs how many encodings the length limits cut."""
     limits = length_limits(tokenizer)
-    if limits.max_prompt_tokens or limits.max_response_tokens:
+    before = (limits.truncated_prompts, limits.truncated_responses)
+    encoded = encode_lists(tokenizer, lists)
+    if main and (limits.max_prompt_tokens or limits.max_response_tokens):
         rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "truncation" and r.get("iteration") == iteration, [
-            {"stage": "truncation", "iteration": iteration, "truncated_prompt_encodings": limits.truncated_prompts,
-             "truncated_response_encodings": limits.truncated_responses}])
+            {"stage": "truncation", "iteration": iteration,
+             "truncated_prompt_encodings": limits.truncated_prompts - before[0],
+             "truncated_response_encodings": limits.truncated_responses - before[1]}])
+    return encoded
 
 
 def _separate_reference_logps(
-    cfg: Config, initial_dir: Path, previous_dir: Path, tokenizer, lists: list[RankedList], accelerator: Accelerator
+    cfg: Config, initial_dir: Path, previous_dir: Path, encoded: list[EncodedList], pad: int, accelerator: Accelerator
 ):
     """Reference log-probs from a model other than the policy (``train.reference`` = initial | mix).
 
@@ -179,7 +182,7 @@ def _separate_reference_logps(
                           lambda path: policy_from_config(path, cfg.model))
     if ref is None:
         return None
-    return reference_logps(ref.to(accelerator.device), encode_lists(tokenizer, lists), pad_id(tokenizer),
+    return reference_logps(ref.to(accelerator.device), encoded, pad,
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
@@ -245,12 +248,14 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
     run_dir, task, pool, held_out = _setup(cfg, run_dir, write=main)
-    reranker = build_reranker(cfg.reranker, task)
+    reranker = build_reranker(cfg.reranker, task, accelerator.device, cfg.model.dtype)
 
     def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
         return _main_first(accelerator, lambda: _evaluate(policy_dir, task, held_out, cfg, out, policy, run_dir, progress))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
+    for note in getattr(task, "notes", ()):
+        log(f"[larpo] {note}")
     policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, task, run_dir, progress))
     evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
@@ -260,6 +265,7 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
         # Each existence check below comes after a barrier and before anything writes that file,
         # so every process takes the same branch.
         if not (d / "policy").exists():
+            seed_everything(stage_seed(cfg.seed, s))  # LoRA's initialisation draws from the global generators
             model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True)  # LoRA, checkpointing
             model.to(accelerator.device)
             if not (d / "candidates.jsonl").exists():
@@ -268,23 +274,21 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
                     save_candidates(run_dir, s, candidates)
                 accelerator.wait_for_everyone()
             lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
+            encoded = _encode(run_dir, s, tokenizer, lists, main)
             if main:
                 rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
             train_phase(
-                model, tokenizer, lists, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
+                model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
                 metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
-                ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, tokenizer, lists, accelerator),
+                ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, encoded, pad_id(tokenizer), accelerator),
+                save_to=d / "policy",
             )
-            if main:
-                _log_truncations(run_dir, s, tokenizer)
-                save_policy(model, tokenizer, d / "policy")
-            accelerator.wait_for_everyone()
         policy_dir = d / "policy"
         evals.append(evaluate(policy_dir, d / "eval.json", s + 1))
         log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {evals[-1]['exact_accuracy']:.3f}, "
             f"gold reward {evals[-1]['gold_reward']:.3f}")
 
-    summary = {"sft": evals[0], "final": evals[-1], "per_policy": evals}
+    summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[-1], "per_policy": evals}
     if cfg.eval.samples > 0:
         summary["retriever"] = {}
         for name, baseline in (("sft", None), ("final", initial_dir)):

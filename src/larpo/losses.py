@@ -8,8 +8,8 @@ the averaging is the caller's.
 
 With ``rewards`` given, a pair of items with equal reward carries no preference and contributes
 nothing (pairwise: the list's loss is 0; contrastive: an item tied with the positive is not a
-negative; lambdarank: the pair is dropped). ListMLE is a distribution over whole orders and keeps
-the reranker's order for tied items.
+negative; lambdarank: the pair is dropped; listmle: each item competes only with the items
+rewarded strictly lower, so a tie group's internal order is not learned).
 
 Padded entries never reach an exponential as -inf: they are filled with the dtype's most negative
 finite value, so values and gradients stay finite in float32, bfloat16 and float64.
@@ -130,13 +130,22 @@ def listmle_loss(
 ) -> torch.Tensor:
     """Plackett–Luce likelihood of the reranker's order: −Σ_i ( s_i − log Σ_{j≥i} e^{s_j} ).
 
-    scores: [B, m] γ, best first. mask: [B, m]. rewards: accepted for a uniform signature and
-    not used (tied items keep the reranker's order). Returns [B].
+    With ``rewards``, items of one tie group are unordered among themselves: item i competes with
+    itself and the items rewarded strictly lower, −Σ_i ( s_i − log Σ_{j: j=i or r_j<r_i} e^{s_j} ).
+    No order inside a tie group is preferred, the worst group (and an all-tied list) contributes
+    nothing, and without ties it is the formula above. scores: [B, m] γ, best first. mask:
+    [B, m]. rewards: [B, m] or None. Returns [B].
     """
     mask = _full_mask(scores, mask)
-    filled = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    tail_lse = torch.logcumsumexp(filled.flip(1), dim=1).flip(1)
-    terms = filled - tail_lse
+    m = scores.shape[1]
+    eye = torch.eye(m, dtype=torch.bool, device=scores.device)
+    if rewards is None:
+        below = torch.ones(m, m, dtype=torch.bool, device=scores.device).triu()  # [i, j]: j ≥ i
+    else:
+        below = rewards[:, None, :] < rewards[:, :, None]  # [B, i, j]: r_j < r_i
+    competes = (below & mask[:, None, :]) | eye  # [B, i, j]
+    filled = scores[:, None, :].expand(-1, m, -1).masked_fill(~competes, torch.finfo(scores.dtype).min)
+    terms = scores - torch.logsumexp(filled, dim=2)
     return -torch.where(mask, terms, torch.zeros_like(terms)).sum(dim=1)
 
 

@@ -119,8 +119,13 @@ def prepare_policy(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
     return model
 
 
-def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+def save_policy(
+    model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, directory: str | Path, state_dict: dict | None = None
+) -> None:
     """Write model and tokenizer (safetensors) to ``directory``, atomically replacing what was there.
+
+    ``state_dict`` (default: the model's own) is what a sharded model's gathered full state dict
+    is passed as.
 
     A ``PeftModel`` is saved as its adapters only; their config records the base model's
     directory, which must be a saved model (it is whenever the base came from :func:`load_policy`).
@@ -134,7 +139,7 @@ def save_policy(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, dire
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
     try:
-        model.save_pretrained(tmp)  # safetensors: the default, and the only format in transformers 5
+        model.save_pretrained(tmp, state_dict=state_dict)  # safetensors: the default, and the only format in transformers 5
         tokenizer.save_pretrained(tmp)
         if directory.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))

@@ -30,13 +30,20 @@ def mix_weights(initial: dict[str, torch.Tensor], previous: dict[str, torch.Tens
 def reference_model(mode: str, initial_dir: Path, previous_dir: Path, weight: float, load) -> nn.Module | None:
     """The reference model of an iteration, or None for ``previous`` (the policy itself).
 
-    ``load(path) -> (model, tokenizer)`` loads a policy directory the way the run does.
+    ``load(path) -> (model, tokenizer)`` loads a policy directory the way the run does. A LoRA
+    policy (a peft model) has its adapters merged into its weights first, so a LoRA policy and the
+    plain initial model mix parameter by parameter.
     """
     if mode == "previous" or (mode == "mix" and weight == 0.0):
         return None
-    initial, _ = load(initial_dir)
+    initial = _merged(load(initial_dir)[0])
     if mode == "initial" or weight == 1.0:
         return initial.eval()
-    previous, _ = load(previous_dir)
+    previous = _merged(load(previous_dir)[0])
     previous.load_state_dict(mix_weights(initial.state_dict(), previous.state_dict(), weight))
     return previous.eval()
+
+
+def _merged(model: nn.Module) -> nn.Module:
+    """A plain model: LoRA adapters merged into the base weights (``merge_and_unload``), else as it is."""
+    return model.merge_and_unload() if hasattr(model, "merge_and_unload") else model

@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from . import config as config_mod  # noqa: E402
 from .candidates import iteration_dir, iterations_with, load_candidates  # noqa: E402
 from .io import read_jsonl, write_text_atomic  # noqa: E402
 
@@ -20,12 +21,12 @@ def _policy_evals(run_dir: Path) -> list[dict]:
                     for s in iterations_with(run_dir, "eval.json")]
 
 
-def _plot_evals(evals: list[dict], path: Path) -> None:
+def _plot_evals(evals: list[dict], path: Path, initial: str) -> None:
     fig, ax = plt.subplots(figsize=(5, 3.2))
     x = list(range(len(evals)))
     ax.plot(x, [e["exact_accuracy"] for e in evals], marker="o", label="exact accuracy")
     ax.plot(x, [e["gold_reward"] for e in evals], marker="s", label="gold reward")
-    ax.set_xticks(x, ["SFT"] + [str(i) for i in x[1:]])
+    ax.set_xticks(x, [initial] + [str(i) for i in x[1:]])
     ax.set_xlabel("LarPO iterations completed")
     ax.set_ylabel("held-out, greedy")
     ax.set_ylim(0, 1)
@@ -74,10 +75,10 @@ def _plot_rewards(run_dir: Path, iterations: list[int], path: Path) -> None:
     plt.close(fig)
 
 
-def _table(evals: list[dict]) -> list[str]:
+def _table(evals: list[dict], initial: str) -> list[str]:
     lines = ["| policy | exact accuracy | gold reward | mean length | prompts |", "|---|---|---|---|---|"]
     for i, e in enumerate(evals):
-        name = "SFT" if i == 0 else f"iteration {i}"
+        name = initial if i == 0 else f"iteration {i}"
         lines.append(f"| {name} | {e['exact_accuracy']:.3f} | {e['gold_reward']:.3f} | {e['mean_length']:.2f} | {e['n_prompts']} |")
     return lines
 
@@ -93,20 +94,23 @@ def write_report(run_dir: str | Path) -> Path:
     iterations = iterations_with(run_dir, "candidates.jsonl")
     lines = [f"# LarPO run: {run_dir.name}", "", "Resolved config: [config.yaml](config.yaml).", ""]
     if evals:
-        _plot_evals(evals, plots / "heldout.png")
-        lines += ["## Held-out evaluation (greedy decoding)", "", *_table(evals), "", "![held-out](plots/heldout.png)", ""]
+        initial = config_mod.load(run_dir / "config.yaml").initial_label
+        _plot_evals(evals, plots / "heldout.png", initial)
+        lines += ["## Held-out evaluation (greedy decoding)", "", *_table(evals, initial), "", "![held-out](plots/heldout.png)", ""]
     if train_rows:
         _plot_training(train_rows, plots / "training.png")
         lines += ["## Training", "", "![training](plots/training.png)", ""]
     if iterations:
         _plot_rewards(run_dir, iterations, plots / "rewards.png")
-        lines += ["## Candidates", "", "| iteration | candidates | mean reward | lists | skipped (all tied) |", "|---|---|---|---|---|"]
+        lines += ["## Candidates", "", "| iteration | candidates | unfinished | mean reward | lists | skipped (all tied) "
+                  "| skipped (no hard negative) |", "|---|---|---|---|---|---|---|"]
         for s in iterations:
             cands = [c for c in load_candidates(run_dir, s) if c.iteration == s]
             stats_path = iteration_dir(run_dir, s) / "lists_stats.json"
             stats = json.loads(stats_path.read_text()) if stats_path.exists() else {}
             mean = sum(c.reward for c in cands) / max(len(cands), 1)
-            lines.append(f"| {s + 1} | {len(cands)} | {mean:.3f} | {stats.get('lists', '-')} | {stats.get('skipped_tied', '-')} |")
+            lines.append(f"| {s + 1} | {len(cands)} | {sum(not c.finished for c in cands)} | {mean:.3f} | "
+                         f"{stats.get('lists', '-')} | {stats.get('skipped_tied', '-')} | {stats.get('skipped_no_negative', '-')} |")
         lines += ["", "![rewards](plots/rewards.png)", ""]
     summary_path = run_dir / "summary.json"
     if summary_path.exists():
@@ -116,18 +120,25 @@ def write_report(run_dir: str | Path) -> Path:
     return out
 
 
+def _cell(value: float | None, width: int, sign: str = "") -> str:
+    """A number for the closing table; an undefined one (None) prints as "–"."""
+    return f"{'–':>{width}}" if value is None else f"{value:>{sign}{width}.3f}"
+
+
 def print_summary(summary: dict, run_dir: Path) -> None:
     """The short table the terminal ends with."""
     sft, final = summary["sft"], summary["final"]
+    label = summary.get("initial_label", "SFT")
     print()
-    print(f"{'held-out (greedy)':<20}{'SFT':>8}{'final':>8}{'change':>9}")
-    for key in ("exact_accuracy", "gold_reward"):
-        print(f"{key:<20}{sft[key]:>8.3f}{final[key]:>8.3f}{final[key] - sft[key]:>+9.3f}")
+    print(f"{'held-out (greedy)':<20}{label:>8}{'final':>8}{'change':>9}")
+    rows = [(key, sft[key], final[key]) for key in ("exact_accuracy", "gold_reward")]
     retriever = summary.get("retriever")
     if retriever:
         ks = [k for k in retriever["final"] if k.startswith("pass@")]
-        for key in (ks[0], ks[-1], "ndcg", "mrr"):
-            a, b = retriever["sft"][key], retriever["final"][key]
-            print(f"{key + ' (T=' + str(retriever['final']['temperature']) + ')':<20}{a:>8.3f}{b:>8.3f}{b - a:>+9.3f}")
+        rows += [(f"{key} (T={retriever['final']['temperature']})", retriever["sft"][key], retriever["final"][key])
+                 for key in (ks[0], ks[-1], "ndcg", "mrr")]
+    for name, a, b in rows:
+        change = None if a is None or b is None else b - a
+        print(f"{name:<20}{_cell(a, 8)}{_cell(b, 8)}{_cell(change, 9, '+')}")
     print(f"\n{sft['n_prompts']} held-out prompts; wall time {summary['wall_seconds']:.0f} s; "
           f"report: {run_dir / 'report.md'}")

@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from .callables import load_callable
 from .config import ConfigError, RerankerConfig
-from .models import check_local_model_dir
+from .models import DTYPES, check_local_model_dir
 
 
 class Reranker(Protocol):
@@ -71,11 +71,13 @@ class HFReranker:
     """A sequence-classification reward model with a single logit, loaded from a local directory.
 
     Each pair is rendered with the tokenizer's chat template when it has one (user turn = prompt,
-    assistant turn = response), else as ``prompt + response``; the reward is the logit.
+    assistant turn = response), else as ``prompt + response``; the reward is the logit, returned
+    in float32 whatever ``dtype`` the model runs in. The model runs on ``device`` (in a run: the
+    process's accelerator device).
     """
 
     def __init__(self, path: str | Path, batch_size: int = 32, device: str | torch.device = "cpu",
-                 trust_remote_code: bool = False):
+                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
         path = check_local_model_dir(path, "reranker.path")
         self.batch_size = batch_size
         self.device = torch.device(device)
@@ -86,7 +88,7 @@ class HFReranker:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype
         )
         if self.model.config.num_labels != 1:
             raise ConfigError(
@@ -118,12 +120,18 @@ class HFReranker:
         return rewards
 
 
-def build_reranker(cfg: RerankerConfig, task: RewardFunction) -> Reranker:
-    """The reranker named by ``cfg.kind``: ``"rule"`` (the task's gold reward), ``"hf"`` or ``"callable"``."""
+def build_reranker(
+    cfg: RerankerConfig, task: RewardFunction, device: str | torch.device = "cpu", default_dtype: str = "float32"
+) -> Reranker:
+    """The reranker named by ``cfg.kind``: ``"rule"`` (the task's gold reward), ``"hf"`` or ``"callable"``.
+
+    An ``hf`` reward model goes on ``device`` in ``cfg.dtype``, else ``default_dtype`` (the policy's).
+    """
     if cfg.kind == "rule":
         return RuleReranker(task)
     if cfg.kind == "hf":
-        return HFReranker(cfg.path, batch_size=cfg.batch_size)
+        return HFReranker(cfg.path, batch_size=cfg.batch_size, device=device,
+                          dtype=DTYPES[cfg.dtype or default_dtype])
     if cfg.kind == "callable":
         return CallableReranker(cfg.function)
     raise ConfigError(f"reranker.kind: got {cfg.kind!r}, expected 'rule', 'hf' or 'callable'")

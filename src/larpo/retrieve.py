@@ -34,13 +34,12 @@ def _score_chunk(
         model, tokenizer, prompts, cfg.sampling.k, temperature, cfg.sampling.max_new_tokens,
         top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed,
     )
-    flat_prompts = [p for p, group in zip(prompts, samples) for _ in group]
-    flat_responses = [r for group in samples for r in group]
-    rewards = reranker.score(flat_prompts, flat_responses)
-    ids = [ex.prompt_id for ex, group in zip(chunk, samples) for _ in group]
+    flat = [(ex, sample) for ex, group in zip(chunk, samples) for sample in group]
+    rewards = reranker.score([ex.prompt for ex, _ in flat], [sample.text for _, sample in flat])
     return [
-        Candidate(pid, p, r, float(w), temperature, source, iteration)
-        for pid, p, r, w in zip(ids, flat_prompts, flat_responses, rewards)
+        Candidate(ex.prompt_id, ex.prompt, sample.text, float(reward), temperature, source, iteration,
+                  sample.ids, sample.finished)
+        for (ex, sample), reward in zip(flat, rewards)
     ]
 
 
@@ -85,5 +84,17 @@ def negative_candidates(
                 else random_partners(list(prompts), stage_seed(cfg.seed, iteration)))
     _, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
     unscored = borrowed(candidates, partners, source, bottom)
-    rewards = reranker.score([c.prompt for c in unscored], [c.response for c in unscored])
+    rewards = score_sharded(reranker, [c.prompt for c in unscored], [c.response for c in unscored], accelerator,
+                            cfg.reranker.batch_size)
     return [replace(c, reward=float(r)) for c, r in zip(unscored, rewards)]
+
+
+def score_sharded(
+    reranker: Reranker, prompts: list, responses: list[str], accelerator: Accelerator, chunk_size: int
+) -> list[float]:
+    """``reranker.score`` over all pairs, in chunks of ``chunk_size`` dealt to processes; every process gets all scores."""
+    starts = range(0, len(prompts), chunk_size)
+    local = {c: reranker.score(prompts[starts[c] : starts[c] + chunk_size], responses[starts[c] : starts[c] + chunk_size])
+             for c in my_share(len(starts), accelerator)}
+    merged = gather_merged(local, accelerator)
+    return [score for c in range(len(starts)) for score in merged[c]]

@@ -2,16 +2,38 @@
 
 Prompts are encoded with :func:`larpo.encoding.encode_prompt` — the very ids that training
 scores — and left-padded into batches, so a prompt's continuation does not depend on which other
-prompts share its batch.
+prompts share its batch. Each sample keeps the token ids that were drawn and whether it ended
+with EOS, so training scores exactly what was sampled and teaches stopping only where the policy
+stopped.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-from .encoding import decode_response, encode_prompt, pad_id
+from .encoding import encode_prompt, pad_id
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled response: its text, the drawn token ids (EOS excluded) and whether it finished."""
+
+    text: str
+    ids: tuple[int, ...]
+    finished: bool  # the policy emitted EOS within max_new_tokens (else the response was cut)
+
+
+def split_at_eos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> Sample:
+    """A generated continuation as a :class:`Sample`: cut at the first EOS; text without special tokens."""
+    eos = tokenizer.eos_token_id
+    finished = eos in ids
+    if finished:
+        ids = ids[: ids.index(eos)]
+    return Sample(tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), finished)
 
 
 def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -34,8 +56,9 @@ def generate(
     batch_size: int = 32,
     seed: int = 0,
     progress: bool = False,
-) -> list[list[str]]:
-    """Return ``k`` decoded responses for each prompt: a list of ``len(prompts)`` lists of ``k`` strings.
+    desc: str = "sampling",
+) -> list[list[Sample]]:
+    """Return ``k`` samples for each prompt: a list of ``len(prompts)`` lists of ``k`` :class:`Sample`.
 
     ``temperature == 0`` is greedy decoding (then ``k`` must be 1); otherwise responses are sampled
     at ``temperature`` with nucleus ``top_p`` and no top-k cut. Each response stops at EOS or after
@@ -53,13 +76,13 @@ def generate(
     pad = pad_id(tokenizer)
     was_training = model.training
     model.eval()
-    responses: list[list[str]] = []
+    responses: list[list[Sample]] = []
     try:
         device = model.device
         with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
             torch.manual_seed(seed)
             starts = range(0, len(prompts), batch_size)
-            for start in tqdm(starts, desc="sampling", unit="batch", disable=not progress):
+            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
                 rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
                 input_ids, attention_mask = _left_pad(rows, pad)
                 out = model.generate(
@@ -71,8 +94,8 @@ def generate(
                     pad_token_id=pad,
                     **decoding,
                 )  # [b * k, T + new], the k samples of a prompt adjacent
-                texts = [decode_response(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
-                responses.extend(texts[i : i + k] for i in range(0, len(texts), k))
+                samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
+                responses.extend(samples[i : i + k] for i in range(0, len(samples), k))
     finally:
         model.train(was_training)
     return responses

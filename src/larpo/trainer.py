@@ -29,7 +29,9 @@ from .io import append_jsonl
 from .lists import RankedList
 from .logprobs import base_model, collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 from .losses import get_loss
+from .models import save_policy
 from .parallel import gather_merged, my_share
+from .seeding import seed_everything
 
 
 @dataclass(frozen=True)
@@ -49,14 +51,17 @@ class PhaseResult:
 
 
 def encode_lists(tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList]) -> list[EncodedList]:
-    return [
-        EncodedList(
+    """Token ids of each list: a sampled item's own ids (EOS appended only if it finished), else its text's."""
+    out = []
+    for rl in lists:
+        ids = rl.response_ids or (None,) * len(rl.responses)
+        finished = rl.finished or (True,) * len(rl.responses)
+        out.append(EncodedList(
             prompt_ids=encode_prompt(tokenizer, rl.prompt),
-            response_ids=[encode_response(tokenizer, r) for r in rl.responses],
+            response_ids=[encode_response(tokenizer, r, i, f) for r, i, f in zip(rl.responses, ids, finished)],
             rewards=list(rl.rewards),
-        )
-        for rl in lists
-    ]
+        ))
+    return out
 
 
 def make_accelerator(cfg: TrainConfig) -> Accelerator:
@@ -118,6 +123,29 @@ def reference_logps(
     return [merged[i] for i in range(len(encoded))]
 
 
+@contextlib.contextmanager
+def dropout_off(model: nn.Module):
+    """Inside the block, every dropout of ``model`` has rate 0: ``nn.Dropout`` modules (LoRA's
+    included) and the attention-dropout rate transformers' attention layers read. Restored after.
+
+    The reference log-probs come from eval mode, so with dropout on in training γ would not start
+    at 0 and the ranking loss would be noisy (TRL disables dropout in DPO for the same reason).
+    """
+    saved: list[tuple[nn.Module, str, float]] = []
+    for module in model.modules():
+        if isinstance(module, nn.Dropout):
+            saved.append((module, "p", module.p))
+        if isinstance(getattr(module, "attention_dropout", None), float):
+            saved.append((module, "attention_dropout", module.attention_dropout))
+    for module, name, _ in saved:
+        setattr(module, name, 0.0)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
 def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tensor) -> torch.Tensor:
     """[correct pairs, pairs, Σ margin] over the pairs the reranker orders strictly.
 
@@ -175,7 +203,7 @@ def _list_losses(
 def train_phase(
     model: nn.Module,
     tokenizer: PreTrainedTokenizerBase,
-    lists: Sequence[RankedList],
+    lists: Sequence[RankedList] | Sequence[EncodedList],
     cfg: TrainConfig,
     accelerator: Accelerator,
     seed: int = 0,
@@ -183,81 +211,95 @@ def train_phase(
     tag: dict | None = None,
     ref_logps: Sequence[torch.Tensor] | None = None,
     progress: bool = True,
+    save_to: str | Path | None = None,
 ) -> PhaseResult:
     """Train ``model`` in place on ``lists`` for ``cfg.epochs`` epochs; return the step losses.
+
+    ``lists`` are ranked lists, or the same already encoded (:func:`encode_lists`).
+
+    With ``save_to``, the trained policy is saved there (:func:`larpo.models.save_policy`) from
+    its full state dict, gathered across processes first, so saving is right under FSDP full
+    sharding and DeepSpeed ZeRO-3 as well as DDP.
 
     ``ref_logps`` (one [m] tensor per list) defaults to the model's own log-probs at the start of
     the phase (the paper's reference: the policy at the start of the iteration). Each step's
     metrics (loss, pair accuracy, mean γ margin, grad norm, lr), with ``tag`` merged in, are
-    appended to ``metrics_path`` by the main process.
+    appended to ``metrics_path`` by the main process. ``seed`` seeds every generator the phase
+    uses (list order, and dropout masks when ``cfg.dropout`` keeps dropout on).
     """
     if not lists:
         raise ValueError("train_phase needs at least one ranked list")
-    pad = pad_id(tokenizer)
-    encoded = encode_lists(tokenizer, lists)
-    model.to(accelerator.device)
-    if ref_logps is None:
-        ref_logps = reference_logps(model, encoded, pad, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
-    loss_fn = get_loss(cfg.loss)
-    if cfg.loss == "lambdarank":
-        loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
+    seed_everything(seed)
+    with contextlib.nullcontext() if cfg.dropout else dropout_off(model):
+        pad = pad_id(tokenizer)
+        encoded = list(lists) if isinstance(lists[0], EncodedList) else encode_lists(tokenizer, lists)
+        model.to(accelerator.device)
+        if ref_logps is None:
+            ref_logps = reference_logps(model, encoded, pad, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
+        loss_fn = get_loss(cfg.loss)
+        if cfg.loss == "lambdarank":
+            loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
 
-    lengths = [list_tokens(el) for el in encoded]
-    steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-    total_steps = steps_per_epoch * cfg.epochs
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
-    wrapped, optimizer = accelerator.prepare(model, optimizer)
-    wrapped.train()
-    rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
-    max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        lengths = [list_tokens(el) for el in encoded]
+        steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
+        total_steps = steps_per_epoch * cfg.epochs
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
+        wrapped, optimizer = accelerator.prepare(model, optimizer)
+        wrapped.train()
+        rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+        max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
 
-    losses: list[float] = []
-    bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
-    for epoch in range(cfg.epochs):
-        order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
-        for start in range(0, len(order), cfg.batch_size):
-            step_ids = order[start : start + cfg.batch_size]
-            # Lists of similar length share a micro-batch (less padding); a step's mean is unchanged.
-            mine = sorted(step_ids[rank::world], key=lambda i: lengths[i])
-            n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
-            scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
-            totals = torch.zeros(4, dtype=torch.float64, device=device)  # Σ loss, correct, pairs, Σ margin
-            for micro in range(n_micro):
-                ids = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
-                # A process with no list left still runs a zero-weight pass so collectives stay in step.
-                weight = 1.0 if ids else 0.0
-                ids = ids or step_ids[:1]
-                sync = micro == n_micro - 1
-                with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
-                    per_list, stats = _list_losses(
-                        wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device
-                    )
-                    accelerator.backward(per_list.sum() * (scale * weight))
-                totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
-            grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), max_norm)
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
-            loss, correct, pairs, margin = totals.tolist()
-            losses.append(loss / len(step_ids))
-            if metrics_path is not None and accelerator.is_main_process:
-                append_jsonl(metrics_path, {
-                    **(tag or {}),
-                    "epoch": epoch,
-                    "step": len(losses),
-                    "loss": losses[-1],
-                    "pair_accuracy": correct / pairs if pairs else None,
-                    "margin": margin / pairs if pairs else None,
-                    "grad_norm": float(grad_norm),
-                    "lr": lr,
-                })
-            bar.update(1)
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-    bar.close()
-    accelerator.wait_for_everyone()
-    accelerator.free_memory()
-    model.eval()
-    return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps)
+        losses: list[float] = []
+        bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
+        for epoch in range(cfg.epochs):
+            order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+            for start in range(0, len(order), cfg.batch_size):
+                step_ids = order[start : start + cfg.batch_size]
+                # Lists of similar length share a micro-batch (less padding); a step's mean is unchanged.
+                mine = sorted(step_ids[rank::world], key=lambda i: lengths[i])
+                n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
+                scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
+                totals = torch.zeros(4, dtype=torch.float64, device=device)  # Σ loss, correct, pairs, Σ margin
+                for micro in range(n_micro):
+                    ids = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
+                    # A process with no list left still runs a zero-weight pass so collectives stay in step.
+                    weight = 1.0 if ids else 0.0
+                    ids = ids or step_ids[:1]
+                    sync = micro == n_micro - 1
+                    with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
+                        per_list, stats = _list_losses(
+                            wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device
+                        )
+                        accelerator.backward(per_list.sum() * (scale * weight))
+                    totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
+                grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), max_norm)
+                lr = scheduler.get_last_lr()[0]
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
+                loss, correct, pairs, margin = totals.tolist()
+                losses.append(loss / len(step_ids))
+                if metrics_path is not None and accelerator.is_main_process:
+                    append_jsonl(metrics_path, {
+                        **(tag or {}),
+                        "epoch": epoch,
+                        "step": len(losses),
+                        "loss": losses[-1],
+                        "pair_accuracy": correct / pairs if pairs else None,
+                        "margin": margin / pairs if pairs else None,
+                        "grad_norm": float(grad_norm),
+                        "lr": lr,
+                    })
+                bar.update(1)
+                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        bar.close()
+        if save_to is not None:
+            state_dict = accelerator.get_state_dict(wrapped)  # a collective under FSDP / ZeRO-3: every process
+            if accelerator.is_main_process:
+                save_policy(accelerator.unwrap_model(wrapped), tokenizer, save_to, state_dict=state_dict)
+        accelerator.wait_for_everyone()
+        accelerator.free_memory()
+        model.eval()
+        return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps)

@@ -85,6 +85,8 @@ class UserTask(ABC):
             )
         self._train = train[: cfg.n_train]
         self._eval = held_out
+        self.notes = [f"task.n_train={cfg.n_train}: training on the first {cfg.n_train} of {len(train)} training prompts "
+                      f"from {cfg.path}"] if len(train) > cfg.n_train else []
 
     @abstractmethod
     def _read_train(self, cfg: TaskConfig) -> list[Example]:
