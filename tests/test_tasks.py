@@ -253,14 +253,14 @@ def test_jsonl_n_train_and_n_eval_cap_the_rows_used(tmp_path, reward_module):
 
 def test_a_run_says_when_task_n_train_cuts_the_users_file(tmp_path, reward_module):
     from larpo import config as C
-    from larpo.loop import run
+    from larpo.loop import run_sft_only
 
     path = write_lines(tmp_path / "p.jsonl", [{"prompt": f"{i}+1=", "answer": str(i + 1)} for i in range(30)])
     logged = []
     cfg = C.load(None, ["task.name=jsonl", f"task.path={path}", f"task.reward_fn={reward_module}", "task.n_train=12",
-                        "task.n_eval=4", "sft.enabled=false", "loop.iterations=0", "eval.samples=0",
-                        "model.hidden_size=32", "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=32"])
-    run(cfg, tmp_path / "run", progress=False, log=logged.append)
+                        "task.n_eval=4", "sft.enabled=false", "model.hidden_size=32", "model.num_layers=1",
+                        "model.num_heads=2", "model.intermediate_size=32"])
+    run_sft_only(cfg, tmp_path / "run", progress=False, log=logged.append)
     assert f"[larpo] task.n_train=12: training on the first 12 of 26 training prompts from {path}" in logged
 
 

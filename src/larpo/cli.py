@@ -1,12 +1,16 @@
 """The ``larpo`` command: run, sft, report, eval, compare, sweep, export-lists, export-model.
 
-User errors (a bad config, a missing file) print one line and exit with code 2, no traceback.
+User errors (a bad config, a missing file, an exception in the user's own function) print one
+line and exit with code 2, no traceback (``--debug`` adds it). The config is read and checked
+before torch and transformers are imported, so a bad config answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from . import config as config_mod
@@ -30,10 +34,10 @@ def _resolve(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    cfg, out = _resolve(args)  # before the heavy imports below
     from .loop import run
     from .report import print_summary, write_report
 
-    cfg, out = _resolve(args)
     summary = run(cfg, out, progress=not args.quiet)
     from accelerate import PartialState
 
@@ -44,9 +48,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_sft(args: argparse.Namespace) -> int:
+    cfg, out = _resolve(args)
     from .loop import run_sft_only
 
-    cfg, out = _resolve(args)
     scores = run_sft_only(cfg, out, progress=not args.quiet)
     print(f"[larpo] SFT policy in {out / 'sft'}: held-out exact accuracy {scores['exact_accuracy']:.3f}, "
           f"gold reward {scores['gold_reward']:.3f}")
@@ -151,6 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="LLM alignment as retriever optimization: the policy retrieves K candidates, "
         "a reranker orders them, and the policy learns the ranking (listwise preference optimization).",
     )
+    parser.add_argument("--debug", action="store_true", help="with a user error, also print its traceback "
+                        "(e.g. of an exception raised in your reward function)")
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run LarPO end to end (build, SFT, iterations, evaluation, report)",
                          description="Run LarPO end to end. With no arguments: the embedded default on a tiny "
@@ -223,12 +229,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()  # our own bars cover every long stage
+    # Our own bars cover every long stage; transformers reads this when it is first imported.
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
         return args.func(args)
     except ConfigError as e:
+        if args.debug:
+            traceback.print_exc()
         print(f"larpo: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

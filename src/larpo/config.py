@@ -262,15 +262,20 @@ def validate(cfg: Config) -> Config:
         "sft.max_steps", "sft.batch_size", "sft.lr", "sft.eval_every", "sft.eval_prompts",
         "sampling.temperature", "sampling.top_p", "sampling.max_new_tokens", "sampling.prompts_per_batch",
         "lists.low_temperature", "lists.high_temperature", "reranker.batch_size", "train.beta", "train.lr", "train.epochs", "train.batch_size",
-        "train.micro_batch_size", "train.ref_batch_size", "loop.prompts_per_iteration",
+        "train.micro_batch_size", "train.ref_batch_size", "loop.iterations", "loop.prompts_per_iteration",
         "eval.n_prompts", "eval.batch_size",
     ):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name))
-    for key in ("sft.warmup_steps", "train.weight_decay", "train.max_grad_norm", "loop.iterations", "eval.samples",
+    for key in ("sft.warmup_steps", "train.weight_decay", "train.max_grad_norm", "eval.samples",
                 "lists.top", "lists.bottom"):
         section, name = key.split(".")
         _positive(key, getattr(getattr(cfg, section), name), allow_zero=True)
+    if cfg.train.micro_batch_size > cfg.train.batch_size:
+        raise ConfigError(
+            f"train.micro_batch_size: got {cfg.train.micro_batch_size}, expected at most train.batch_size "
+            f"({cfg.train.batch_size}): a micro-batch is part of one optimizer step's lists"
+        )
     if cfg.sampling.k < 2:
         raise ConfigError(f"sampling.k: got {cfg.sampling.k}, expected at least 2 samples per prompt")
     if cfg.sampling.top_p > 1:

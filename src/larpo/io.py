@@ -1,20 +1,67 @@
-"""Files a run leaves: written to a temporary name and renamed into place, or appended by rows."""
+"""Files a run leaves: written to a temporary name and renamed into place, or appended by rows.
+
+Every temporary file or directory is named ``.larpo-tmp-<name>.<random>`` beside its target, so
+that a run resuming after a kill (and holding the run directory's lock) can remove what a killed
+write left (:func:`remove_stale_temporaries`). Files and directories get the modes the process's
+umask gives, as with any other tool, not ``tempfile``'s private 0600 / 0700.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
+
+from .config import ConfigError
+
+TMP_PREFIX = ".larpo-tmp-"
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
+def make_dir(path: Path, what: str = "--out") -> Path:
+    """Create ``path`` (and its parents) if needed; a ConfigError naming ``what`` and the path if it cannot be."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise ConfigError(f"{what} {path}: exists and is not a directory; expected a directory") from None
+    except OSError as e:
+        raise ConfigError(f"{what} {path}: cannot create it ({e.strerror})") from None
+    return path
+
+
+def temp_dir(beside: Path) -> Path:
+    """A new empty directory next to ``beside`` (same file system, so it can be renamed onto it)."""
+    path = Path(tempfile.mkdtemp(prefix=f"{TMP_PREFIX}{beside.name}.", dir=beside.parent))
+    path.chmod(0o777 & ~_UMASK)
+    return path
+
+
+def remove_stale_temporaries(root: Path) -> list[Path]:
+    """Delete every larpo temporary under ``root`` (left by a killed write); return what was removed.
+
+    Only safe while no other larpo process writes under ``root``: call it holding the run lock.
+    """
+    stale = sorted(root.rglob(f"{TMP_PREFIX}*"), key=lambda p: len(p.parts), reverse=False)
+    removed = []
+    for path in stale:
+        if not path.exists() and not path.is_symlink():
+            continue  # inside a temporary directory removed just before
+        shutil.rmtree(path) if path.is_dir() and not path.is_symlink() else path.unlink()
+        removed.append(path)
+    return removed
 
 
 def write_text_atomic(path: str | Path, text: str) -> None:
     """Write ``text`` to ``path`` so that readers see the old file or the whole new one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{TMP_PREFIX}{path.name}.")
     try:
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "w") as f:
             f.write(text)
             f.flush()

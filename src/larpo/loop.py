@@ -24,6 +24,7 @@ process writes files; a barrier follows every write, so the others read finished
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from dataclasses import asdict
@@ -32,23 +33,23 @@ from typing import Callable, TypeVar
 
 from accelerate import Accelerator
 
-from . import config as config_mod
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
 from .encoding import length_limits, pad_id
 from .evaluate import greedy_eval, retriever_eval
-from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
 from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
 from .reference import reference_model
+from .preflight import METRICS, Inputs, check_inputs, check_reranker, prepare_run_dir
 from .rerankers import Reranker, build_reranker
 from .retrieve import negative_candidates, sample_and_score
+from .runlock import run_dir_lock
 from .seeding import seed_everything, stage_seed
 from .sft import sft_train
-from .tasks import Example, Task, build_task
+from .tasks import Example
 from .trainer import EncodedList, encode_lists, make_accelerator, reference_logps, train_phase
 
-METRICS = "metrics.jsonl"
 T = TypeVar("T")
 
 
@@ -62,37 +63,7 @@ def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
     return result if accelerator.is_main_process else stage()
 
 
-def _check_or_write_config(cfg: Config, run_dir: Path, write: bool = True) -> None:
-    path = run_dir / "config.yaml"
-    text = config_mod.dump(cfg)
-    if path.exists() and path.read_text() != text:
-        raise ConfigError(
-            f"{path}: this run directory was made with a different config; "
-            "pass another --out, or delete the directory to start again"
-        )
-    if write:
-        write_text_atomic(path, text)
-
-
-def data_splits(task: Task, cfg: Config) -> tuple[list[Example], list[Example], list[Example], list[Example]]:
-    """(SFT train, SFT validation, LarPO prompt pool, held-out eval) from the task's splits.
-
-    The validation slice (the last ``sft.eval_prompts`` training examples) decides when SFT
-    stops and is never trained on; the pool is the first ``loop.prompts_per_iteration`` of the
-    rest (all of it when that is None), revisited every iteration so that memorization has
-    something to merge.
-    """
-    train = task.train_examples()
-    n_val = cfg.sft.eval_prompts if cfg.sft.enabled else 0
-    if len(train) <= n_val:
-        raise ConfigError(f"sft.eval_prompts: got {n_val}, expected fewer than the {len(train)} training prompts")
-    sft_train_split, validation = train[: len(train) - n_val], train[len(train) - n_val :]
-    pool = sft_train_split[: cfg.loop.prompts_per_iteration]
-    held_out = task.eval_examples()[: cfg.eval.n_prompts]
-    return sft_train_split, validation, pool, held_out
-
-
-def initial_policy(cfg: Config, task: Task, run_dir: Path, progress: bool) -> Path:
+def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -> Path:
     """Build (or load) π_0 and warm it up with SFT; return the directory it is saved in."""
     sft_dir = run_dir / "sft"
     if cfg.model.path is not None and not cfg.sft.enabled:
@@ -102,13 +73,12 @@ def initial_policy(cfg: Config, task: Task, run_dir: Path, progress: bool) -> Pa
     if cfg.model.path is not None:
         model, tokenizer = policy_from_config(cfg.model.path, cfg.model)
     else:
-        tokenizer = build_tokenizer(task.tokenizer_corpus(), cfg.model.vocab_size)
+        tokenizer = build_tokenizer(inputs.task.tokenizer_corpus(), cfg.model.vocab_size)
         model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
     if cfg.sft.enabled:
-        sft_split, validation, _, _ = data_splits(task, cfg)
         rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
         sft_train(
-            model, tokenizer, task, sft_split, validation, cfg.sft, cfg.sampling.max_new_tokens,
+            model, tokenizer, inputs.task, inputs.sft_train, inputs.validation, cfg.sft, cfg.sampling.max_new_tokens,
             seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
         )
     save_policy(model, tokenizer, sft_dir)
@@ -186,26 +156,27 @@ def _separate_reference_logps(
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
-def _evaluate(policy_dir: Path, task: Task, held_out: list[Example], cfg: Config, out: Path, policy: int, run_dir: Path,
+def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
               progress: bool) -> dict:
     if out.exists():
         return json.loads(out.read_text())
     model, tokenizer = policy_from_config(policy_dir, cfg.model)
-    scores = greedy_eval(model, tokenizer, task, held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
+    scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size,
+                         progress)
     row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k != "per_prompt"}}
     rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
     write_json_atomic(out, scores)
     return scores
 
 
-def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, task: Task, held_out: list[Example],
+def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
                     reranker: Reranker, cfg: Config, out: Path) -> dict:
     """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
     if out.exists():
         return json.loads(out.read_text())
     model, tokenizer = policy_from_config(policy_dir, cfg.model)
     baseline = policy_from_config(baseline_dir, cfg.model) if baseline_dir is not None else None
-    result = retriever_eval(model, tokenizer, task, held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
+    result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
                             cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
     write_json_atomic(out, result)
     return result
@@ -219,23 +190,14 @@ def retriever_brief(result: dict) -> dict:
     return brief
 
 
-def _setup(cfg: Config, run_dir: str | Path, write: bool = True) -> tuple[Path, Task, list[Example], list[Example]]:
-    """Check (every process) and write (``write``: the main process) the run's config; build the data."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    _check_or_write_config(cfg, run_dir, write)
-    task = build_task(cfg.task)
-    if cfg.sft.enabled and any(ex.answer is None for ex in task.train_examples()):
-        raise ConfigError("sft.enabled: the task has prompts without an answer; set sft.enabled=false")
-    _, _, pool, held_out = data_splits(task, cfg)
-    return run_dir, task, pool, held_out
-
-
-def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True) -> dict:
+def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Build (or load) and warm up the initial policy; return its held-out evaluation."""
-    run_dir, task, _, held_out = _setup(cfg, run_dir)
-    policy_dir = initial_policy(cfg, task, run_dir, progress)
-    return _evaluate(policy_dir, task, held_out, cfg, run_dir / "eval_sft.json", 0, run_dir, progress)
+    inputs = check_inputs(cfg, log)
+    run_dir = Path(run_dir)
+    with run_dir_lock(run_dir):
+        prepare_run_dir(cfg, run_dir, log)
+        policy_dir = initial_policy(cfg, inputs, run_dir, progress)
+        return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, progress)
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -247,16 +209,33 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     accelerator = make_accelerator(cfg.train)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
-    run_dir, task, pool, held_out = _setup(cfg, run_dir, write=main)
-    reranker = build_reranker(cfg.reranker, task, accelerator.device, cfg.model.dtype)
+    inputs = check_inputs(cfg, log)  # nothing is written before the inputs are known to be good
+    reranker = build_reranker(cfg.reranker, inputs.task, accelerator.device, cfg.model.dtype)
+    check_reranker(reranker, inputs)
+    run_dir = Path(run_dir)
+    with run_dir_lock(run_dir) if main else contextlib.nullcontext():
+        if main:
+            prepare_run_dir(cfg, run_dir, log)
+        accelerator.wait_for_everyone()
+        summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log)
+        summary["wall_seconds"] = round(time.time() - start, 2)
+        if main:
+            write_json_atomic(run_dir / "summary.json", summary)
+        accelerator.wait_for_everyone()
+    return summary
+
+
+def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, accelerator: Accelerator, progress: bool,
+               log: Callable[[str], None]) -> dict:
+    """Algorithm 1 in a ready run directory, resuming at the first unfinished stage; the summary."""
+    main = accelerator.is_main_process
+    pool = inputs.pool
 
     def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
-        return _main_first(accelerator, lambda: _evaluate(policy_dir, task, held_out, cfg, out, policy, run_dir, progress))
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, progress))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
-    for note in getattr(task, "notes", ()):
-        log(f"[larpo] {note}")
-    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, task, run_dir, progress))
+    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress))
     evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
@@ -294,10 +273,6 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
         for name, baseline in (("sft", None), ("final", initial_dir)):
             current = initial_dir if name == "sft" else policy_dir
             out = run_dir / f"retriever_eval_{name}.json"
-            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, task, held_out, reranker, cfg, out))
+            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out))
             summary["retriever"][name] = retriever_brief(result)
-    summary["wall_seconds"] = round(time.time() - start, 2)
-    if main:
-        write_json_atomic(run_dir / "summary.json", summary)
-    accelerator.wait_for_everyone()
     return summary

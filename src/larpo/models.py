@@ -16,12 +16,12 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from safetensors import safe_open
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import (
     AutoModelForCausalLM,
@@ -35,6 +35,7 @@ from transformers import (
 
 from .config import ConfigError, ModelConfig
 from .encoding import set_length_limits
+from .io import temp_dir
 
 PAD, EOS, UNK = "<pad>", "<eos>", "<unk>"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}  # model.dtype → torch dtype
@@ -137,12 +138,12 @@ def save_policy(
         check_local_model_dir(base or "<none>", "the LoRA base model (load it with load_policy before adding adapters)")
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = temp_dir(directory)
     try:
         model.save_pretrained(tmp, state_dict=state_dict)  # safetensors: the default, and the only format in transformers 5
         tokenizer.save_pretrained(tmp)
         if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old.", dir=directory.parent))
+            old = temp_dir(directory)
             os.replace(directory, old / directory.name)
             os.replace(tmp, directory)
             shutil.rmtree(old)
@@ -162,6 +163,7 @@ def adapter_base(path: str | Path, key: str = "model.path") -> Path:
     path = Path(path)
     if not (path / "adapter_model.safetensors").is_file():
         raise ConfigError(f"{key}: {path} has no adapter_model.safetensors (.bin/pickle adapters are not loaded)")
+    check_safetensors(path / "adapter_model.safetensors", key)
     try:
         base = json.loads((path / ADAPTER_CONFIG).read_text())["base_model_name_or_path"]
     except (OSError, ValueError, KeyError) as e:
@@ -169,20 +171,51 @@ def adapter_base(path: str | Path, key: str = "model.path") -> Path:
     return check_local_model_dir(base or "<none>", f"{key} (the LoRA base named in {path / ADAPTER_CONFIG})")
 
 
-def check_local_model_dir(path: str | Path, key: str) -> Path:
-    """Return ``path`` if it is a local model directory with a config and safetensors weights.
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def check_local_model_dir(path: str | Path, key: str, tokenizer: bool = False) -> Path:
+    """Return ``path`` if it is a local model directory with a config and complete safetensors weights
+    (and, with ``tokenizer``, tokenizer files).
 
     Otherwise raise a ConfigError naming ``key`` (the config field) and the path. Pickled
-    ``.bin`` weights are refused on purpose: loading them would run arbitrary code.
+    ``.bin`` weights are refused on purpose: loading them would run arbitrary code. Each weights
+    file's header is read, so a truncated or corrupt file is named here, not deep in a load.
     """
     path = Path(path)
     if not path.is_dir():
         raise ConfigError(f"{key}: {path} is not a directory; expected a local model directory")
     if not (path / "config.json").is_file():
         raise ConfigError(f"{key}: {path} has no config.json; expected a saved Hugging Face model")
-    if not any(path.glob("*.safetensors")):
+    weights = sorted(path.glob("*.safetensors"))
+    if not weights:
         raise ConfigError(f"{key}: {path} has no *.safetensors weights (.bin/pickle weights are not loaded)")
+    for file in weights:
+        check_safetensors(file, key)
+    if tokenizer and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"{key}: {path} has no tokenizer files (any of {', '.join(TOKENIZER_FILES)}); "
+                          "expected the tokenizer saved beside the model")
     return path
+
+
+def check_safetensors(file: Path, key: str) -> None:
+    """Raise a ConfigError naming ``key`` and ``file`` unless its safetensors header is complete."""
+    try:
+        with safe_open(str(file), "pt"):
+            pass
+    except Exception as e:  # SafetensorError, or OSError for an unreadable file
+        raise ConfigError(f"{key}: {file} is not a complete safetensors file ({e})") from None
+
+
+def load_tokenizer(path: Path, key: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
+    """The tokenizer saved in ``path`` (its pad token defaulting to EOS), or a ConfigError naming ``key``."""
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
+    except (OSError, ValueError, TypeError) as e:
+        raise ConfigError(f"{key}: {path}: the tokenizer cannot be loaded ({e})") from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
 
 
 def load_policy(
@@ -197,10 +230,10 @@ def load_policy(
     """
     path = Path(path)
     adapters = is_adapter_dir(path)
-    base = adapter_base(path) if adapters else check_local_model_dir(path, "model.path")
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code, local_files_only=True)
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+    base = adapter_base(path) if adapters else check_local_model_dir(path, "model.path", tokenizer=True)
+    if adapters and not any((path / name).is_file() for name in TOKENIZER_FILES):
+        raise ConfigError(f"model.path: {path} has no tokenizer files; expected the tokenizer saved beside the adapters")
+    tokenizer = load_tokenizer(path, "model.path", trust_remote_code)
     model = AutoModelForCausalLM.from_pretrained(
         str(base.resolve()),  # an absolute name_or_path: what a LoRA policy trained on it records as its base
         use_safetensors=True,

@@ -12,11 +12,11 @@ from numbers import Real
 from typing import Protocol
 
 import torch
-from transformers import AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoModelForSequenceClassification
 
-from .callables import load_callable
+from .callables import call_user, load_callable
 from .config import ConfigError, RerankerConfig
-from .models import DTYPES, check_local_model_dir
+from .models import DTYPES, check_local_model_dir, load_tokenizer
 
 
 class Reranker(Protocol):
@@ -49,7 +49,8 @@ class CallableReranker:
         self.function = load_callable(spec, "reranker.function")
 
     def score(self, prompts: list[str], responses: list[str]) -> list[float]:
-        out = self.function(prompts, responses)
+        out = call_user(self.function, "reranker.function", self.spec, prompts, responses,
+                        where=f" on a batch of {len(prompts)} responses")
         rewards = out.tolist() if hasattr(out, "tolist") else out  # a tensor or an array is fine too
         if not isinstance(rewards, (list, tuple)):
             raise ConfigError(
@@ -78,14 +79,10 @@ class HFReranker:
 
     def __init__(self, path: str | Path, batch_size: int = 32, device: str | torch.device = "cpu",
                  trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
-        path = check_local_model_dir(path, "reranker.path")
+        path = check_local_model_dir(path, "reranker.path", tokenizer=True)
         self.batch_size = batch_size
         self.device = torch.device(device)
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            path, trust_remote_code=trust_remote_code, local_files_only=True
-        )
-        if self.tokenizer.pad_token is None:
-            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer = load_tokenizer(path, "reranker.path", trust_remote_code)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(
             path, use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype

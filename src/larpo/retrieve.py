@@ -14,6 +14,7 @@ from dataclasses import replace
 from accelerate import Accelerator
 from tqdm.auto import tqdm
 
+from .callables import UserCodeError
 from .config import Config
 from .lists import Candidate, list_sizes
 from .negatives import borrowed, random_partners, similar_partners
@@ -35,7 +36,12 @@ def _score_chunk(
         top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed,
     )
     flat = [(ex, sample) for ex, group in zip(chunk, samples) for sample in group]
-    rewards = reranker.score([ex.prompt for ex, _ in flat], [sample.text for _, sample in flat])
+    try:
+        rewards = reranker.score([ex.prompt for ex, _ in flat], [sample.text for _, sample in flat])
+    except UserCodeError as e:
+        if e.prompt_id is not None:
+            raise
+        raise UserCodeError(f"{e} (prompt ids {chunk[0].prompt_id} to {chunk[-1].prompt_id})") from e.__cause__
     return [
         Candidate(ex.prompt_id, ex.prompt, sample.text, float(reward), temperature, source, iteration,
                   sample.ids, sample.finished)

@@ -18,7 +18,7 @@ from pathlib import Path
 from filelock import FileLock, Timeout
 
 from .config import ConfigError
-from .io import write_text_atomic
+from .io import make_dir, write_text_atomic
 
 LOCK = ".larpo.lock"
 HOLDER = ".larpo.lock.holder"
@@ -46,14 +46,16 @@ def run_dir_lock(run_dir: str | Path) -> Iterator[None]:
     if run_dir in _held:
         yield
         return
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_dir(run_dir)
     lock = FileLock(run_dir / LOCK)
     try:
         lock.acquire(timeout=0)
-    except Timeout:
+    except Timeout:  # an OSError too: first
         raise RunDirectoryBusy(
             f"{run_dir}: in use by another larpo process ({_holder(run_dir)}); wait for it to finish or pass another --out"
         ) from None
+    except OSError as e:
+        raise ConfigError(f"--out {run_dir}: cannot write in it ({e.strerror})") from None
     _held.add(run_dir)
     try:
         write_text_atomic(run_dir / HOLDER, f"pid {os.getpid()} on {socket.gethostname()}\n")

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 
 from . import config as C
 from .config import ConfigError
-from .io import write_json_atomic, write_text_atomic
+from .io import TMP_PREFIX, write_json_atomic, write_text_atomic
 from .runlock import RunDirectoryBusy, run_dir_lock
 from .sweep_stats import format_results, plot_results, summarize
 
@@ -117,7 +117,7 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
     Two sweeps sharing a cache may race to fill the same entry: the first rename wins.
     """
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    tmp = dst.with_name(f"{TMP_PREFIX}{dst.name}.{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         shutil.copytree(src, tmp, copy_function=os.link)
@@ -142,8 +142,8 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
         dst.mkdir(parents=True, exist_ok=True)
         for name in ("eval_sft.json", "retriever_eval_sft.json"):  # the SFT policy's evaluations
             if (src / name).is_file():
-                shutil.copy2(src / name, dst / f".{name}.{os.getpid()}")
-                os.replace(dst / f".{name}.{os.getpid()}", dst / name)
+                shutil.copy2(src / name, dst / f"{TMP_PREFIX}{name}.{os.getpid()}")
+                os.replace(dst / f"{TMP_PREFIX}{name}.{os.getpid()}", dst / name)
         _copy_tree(src / "sft", dst / "sft")
 
 

@@ -28,7 +28,7 @@ import numbers
 from abc import ABC, abstractmethod
 from pathlib import Path
 
-from ..callables import load_callable
+from ..callables import call_user, load_callable
 from ..config import ConfigError, TaskConfig
 from . import Example
 
@@ -85,6 +85,7 @@ class UserTask(ABC):
             )
         self._train = train[: cfg.n_train]
         self._eval = held_out
+        self._id_of = {prompt_key(e.prompt): e.prompt_id for e in self._train + self._eval}
         self.notes = [f"task.n_train={cfg.n_train}: training on the first {cfg.n_train} of {len(train)} training prompts "
                       f"from {cfg.path}"] if len(train) > cfg.n_train else []
 
@@ -116,10 +117,12 @@ class UserTask(ABC):
         return list(self._eval)
 
     def _score(self, prompt, response: str) -> float:
-        raw = self._fn(prompt, response)
+        prompt_id = self._id_of.get(prompt_key(prompt), "(not one of the task's prompts)")
+        raw = call_user(self._fn, "task.reward_fn", self._spec, prompt, response, prompt_id=prompt_id)
         value = float(raw) if isinstance(raw, numbers.Real) else math.nan
         if not 0 <= value <= 1:
-            raise ConfigError(f"task.reward_fn: {self._spec} returned {raw!r}, expected a number in [0, 1]")
+            raise ConfigError(f"task.reward_fn: {self._spec} returned {raw!r} on prompt {prompt_id}, "
+                              "expected a number in [0, 1]")
         return value
 
     def correct(self, prompt, response: str) -> bool:
