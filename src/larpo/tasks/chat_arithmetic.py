@@ -33,10 +33,10 @@ headroom"):
   answer is 85 (47 + 38)"`` or ``"eighty-five"``).
 
 Accuracy is lenient because the strict reading has no headroom to show: SmolLM2-135M-Instruct
-answers in sentences (``"47 + 38 = 85"``, ``"The result of 51 + 37 is 158."``), and its strict
-accuracy was 0 of 64 greedy replies and 0 of 256 samples at T = 0.7, while its lenient greedy
-accuracy was 0.16 — a measure that can move both ways. The format is still trained for: it is 30%
-of the graded reward, and the strict reading is the exact reward.
+answers in sentences (``"47 + 38 = 85"``, ``"The result of 51 + 37 is 158."``) and was strictly
+right in none of 64 greedy replies nor of its samples (K = 8 on 32 prompts, at T = 0.7 and 1.0),
+while its lenient greedy accuracy was 0.16, a measure that can move both ways. The format is
+still trained for: it is 30% of the graded reward, and the strict reading is the exact reward.
 """
 
 from __future__ import annotations
