@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Create .venv (once) and install larpo into it. Torch is pinned to the CPU build first when no
 # torch is importable, so a fresh CPU machine never pulls a multi-GB CUDA build; a machine that
-# already has torch keeps it. Pass extras as arguments, e.g. `bash scripts/install.sh dev,trl`.
+# already has torch keeps it. Pass extras as arguments, e.g. `bash scripts/install.sh dev,trl`; the
+# default, dev,gguf, includes the gguf reader that `larpo import-gguf` (scripts/fetch-smollm2.sh) needs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extras="${1:-dev}"
+extras="${1:-dev,gguf}"
 if [ ! -x .venv/bin/python ]; then
   python3 -m venv .venv
 fi

@@ -1,4 +1,4 @@
-"""The ``larpo`` command: run, sft, report, eval, compare, sweep, export-lists, export-model.
+"""The ``larpo`` command: run, sft, report, eval, compare, sweep, export-lists, export-model, import-gguf.
 
 User errors (a bad config, a missing file, an exception in the user's own function) print one
 line and exit with code 2, no traceback (``--debug`` adds it). The config is read and checked
@@ -149,6 +149,16 @@ def cmd_export_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_gguf(args: argparse.Namespace) -> int:
+    from .gguf import import_gguf
+
+    record = import_gguf(args.gguf_file, args.out_dir, dtype=args.dtype)
+    print(f"[larpo] wrote {args.out_dir}: {record.model_type}, {record.parameters:,} parameters in "
+          f"{record.dtype}, from {record.source}; logits checked against the GGUF-loaded model")
+    print(f"[larpo] {record.eos_summary()}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="larpo",
@@ -224,6 +234,16 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("out_dir", metavar="OUT_DIR")
     em.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (model.trust_remote_code)")
     em.set_defaults(func=cmd_export_model)
+    ig = sub.add_parser("import-gguf", help="convert a GGUF model file into a local policy directory (safetensors)",
+                        description="Convert FILE.gguf (any causal LM that transformers reads from GGUF; quantised "
+                        "weights are dequantised) into OUT_DIR: safetensors weights, config, tokenizer with its chat "
+                        "template, and EOS set to the chat template's end-of-turn token. The saved directory is "
+                        "reloaded and must give the GGUF-loaded model's logits exactly. Needs the gguf package "
+                        "(pip install 'larpo[gguf]').")
+    ig.add_argument("gguf_file", metavar="FILE.gguf")
+    ig.add_argument("out_dir", metavar="OUT_DIR", help="must not exist, or be empty")
+    ig.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the saved weights (default float32)")
+    ig.set_defaults(func=cmd_import_gguf)
     return parser
 
 

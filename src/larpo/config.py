@@ -29,7 +29,7 @@ LOSSES = ("pairwise", "contrastive", "lambdarank", "listmle")
 class TaskConfig:
     """Which prompts, gold answers and gold reward to use."""
 
-    name: Literal["arithmetic", "sorting", "jsonl", "dataset"] = "arithmetic"
+    name: Literal["arithmetic", "chat_arithmetic", "sorting", "jsonl", "dataset"] = "arithmetic"
     reward: Literal["exact", "graded"] = "graded"
     digits: int = 2  # arithmetic: digits per operand
     operations: list[str] = field(default_factory=lambda: ["+"])  # arithmetic: "+" and/or "-"

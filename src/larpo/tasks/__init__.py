@@ -4,6 +4,8 @@ A task is anything that satisfies the small :class:`Task` protocol; :func:`build
 ``task.name`` to one of the built-ins:
 
 - ``arithmetic``: ``"123+456="`` → ``"579"`` (:mod:`larpo.tasks.arithmetic`)
+- ``chat_arithmetic``: ``"What is 47 + 38? Reply with only the number."`` → ``"85"``, for chat
+  models; graded for correctness and format (:mod:`larpo.tasks.chat_arithmetic`)
 - ``sorting``: ``"sort 42 7 93 7 15:"`` → ``"7 7 15 42 93"`` (:mod:`larpo.tasks.sorting`)
 - ``jsonl``: the user's prompts file and reward function (:mod:`larpo.tasks.jsonl`)
 - ``dataset``: a ``datasets`` dataset saved on disk and the user's reward function (:mod:`larpo.tasks.dataset`)
@@ -124,12 +126,14 @@ class SyntheticTask(ABC):
 
 # The task modules import Example and SyntheticTask from this package, so they come after them.
 from .arithmetic import ArithmeticTask  # noqa: E402
+from .chat_arithmetic import ChatArithmeticTask  # noqa: E402
 from .dataset import DatasetTask  # noqa: E402
 from .jsonl import JsonlTask  # noqa: E402
 from .sorting import SortingTask  # noqa: E402
 
 TASKS: dict[str, type] = {
-    "arithmetic": ArithmeticTask, "sorting": SortingTask, "jsonl": JsonlTask, "dataset": DatasetTask,
+    "arithmetic": ArithmeticTask, "chat_arithmetic": ChatArithmeticTask, "sorting": SortingTask, "jsonl": JsonlTask,
+    "dataset": DatasetTask,
 }
 
 
@@ -140,4 +144,4 @@ def build_task(cfg: TaskConfig) -> Task:
     return TASKS[cfg.name](cfg)
 
 
-__all__ = ["ArithmeticTask", "DatasetTask", "Example", "JsonlTask", "SortingTask", "SyntheticTask", "TASKS", "Task", "build_task"]
+__all__ = ["ArithmeticTask", "ChatArithmeticTask", "DatasetTask", "Example", "JsonlTask", "SortingTask", "SyntheticTask", "TASKS", "Task", "build_task"]

@@ -19,7 +19,18 @@ from ..config import TaskConfig
 from . import SyntheticTask
 
 _PROMPT = re.compile(r"([0-9]+)([+-])([0-9]+)=")
-_INTEGER = re.compile(r"-?[0-9]+")
+INTEGER = re.compile(r"-?[0-9]+")
+
+
+def result(a: int, op: str, b: int) -> str:
+    """``a op b`` written as the gold answer, e.g. ``"-45"``."""
+    return str(a + b if op == "+" else a - b)
+
+
+def digit_credit(number: str, answer: str) -> float:
+    """Share of right-aligned positions (the sign one more) where the integer ``number`` agrees with ``answer``."""
+    agree = sum(r == a for r, a in zip(reversed(number), reversed(answer)))
+    return agree / max(len(number), len(answer))
 
 
 class ArithmeticTask(SyntheticTask):
@@ -33,21 +44,24 @@ class ArithmeticTask(SyntheticTask):
         space = len(self.operations) * self.n_operands**2
         super().__init__(cfg, space, f"{cfg.digits}-digit arithmetic with operations {list(self.operations)}")
 
-    def prompt_at(self, index: int) -> str:
+    def operation_at(self, index: int) -> tuple[int, str, int]:
+        """``(a, op, b)`` of the prompt with this index."""
         op, rest = divmod(index, self.n_operands**2)
         a, b = divmod(rest, self.n_operands)
-        return f"{self.low + a}{self.operations[op]}{self.low + b}="
+        return self.low + a, self.operations[op], self.low + b
+
+    def prompt_at(self, index: int) -> str:
+        a, op, b = self.operation_at(index)
+        return f"{a}{op}{b}="
 
     def solve(self, prompt: str) -> str:
         match = _PROMPT.fullmatch(prompt)
         if match is None:
             raise ValueError(f"not an arithmetic prompt: {prompt!r}")
-        a, op, b = int(match[1]), match[2], int(match[3])
-        return str(a + b if op == "+" else a - b)
+        return result(int(match[1]), match[2], int(match[3]))
 
     def graded(self, prompt: str, response: str) -> float:
-        answer, response = self.solve(prompt), response.strip()
-        if _INTEGER.fullmatch(response) is None:
+        response = response.strip()
+        if INTEGER.fullmatch(response) is None:
             return 0.0
-        agree = sum(r == a for r, a in zip(reversed(response), reversed(answer)))
-        return agree / max(len(response), len(answer))
+        return digit_credit(response, self.solve(prompt))
