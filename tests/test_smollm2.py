@@ -77,5 +77,5 @@ def test_greedy_decoding_of_a_chat_arithmetic_prompt_returns_text(smollm2):
     task = build_task(TaskConfig(name="chat_arithmetic"))
     prompt = task.eval_examples()[0].prompt
     [[reply]] = generate(model, tokenizer, [prompt], 1, 0.0, 16)
-    assert reply.strip()
-    assert 0.0 <= task.reward(prompt, reply) <= 1.0
+    assert reply.text.strip()
+    assert 0.0 <= task.reward(prompt, reply.text) <= 1.0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -36,7 +35,7 @@ from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
 
 from .config import ConfigError
 from .encoding import encode_prompt
-from .io import write_json_atomic
+from .io import temp_dir, write_json_atomic
 from .models import DTYPES, load_policy
 
 MAGIC = b"GGUF"  # the first four bytes of every GGUF file
@@ -193,7 +192,7 @@ def import_gguf(path: str | Path, out_dir: str | Path, dtype: str = "float32") -
         transformers=version("transformers"), gguf=version("gguf"),
     )
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging = temp_dir(out_dir)
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
