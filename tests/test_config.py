@@ -108,3 +108,20 @@ def test_lipo_weights_with_a_loss_other_than_lambdarank_are_refused():
     with pytest.raises(C.ConfigError, match="train.weighting: .lipo. weights lambdarank pairs; got train.loss=.listmle."):
         C.load(None, ["train.weighting=lipo", "train.loss=listmle"])
     assert C.load(None, ["train.weighting=lipo"]).train.weighting == "lipo"  # lambdarank, the default loss
+
+
+
+def test_threads_from_the_command_line_are_recorded_and_applied(tmp_path):
+    import torch
+
+    from larpo.cli import main
+
+    args = ["sft", "--quiet", "--threads", "2", "--out", str(tmp_path / "run"), "sft.enabled=false", "model.hidden_size=32",
+            "model.num_layers=1", "model.num_heads=2", "model.intermediate_size=32", "eval.n_prompts=4"]
+    try:
+        assert main(args) == 0
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(1)  # the suite's setting (conftest)
+    assert C.load(tmp_path / "run" / "config.yaml").threads == 2
+    assert main(["run", "--threads", "0"]) == 2  # a positive number of threads

@@ -55,13 +55,35 @@ def small_run(tmp_path_factory):
 
 def test_a_run_leaves_every_promised_file(small_run):
     _, run_dir, _ = small_run
-    for name in ["config.yaml", "sft/config.json", "sft/model.safetensors", "eval_sft.json", "metrics.jsonl",
+    for name in ["config.yaml", "sft/config.json", "sft/model.safetensors", "eval_sft.json", "eval_sft.responses.jsonl",
+                 "metrics.jsonl",
                  "summary.json", "report.md", "plots/heldout.png", "plots/training.png", "plots/rewards.png"]:
         assert (run_dir / name).is_file(), name
     for s in (0, 1):
         for name in ["candidates.jsonl", "lists.jsonl", "lists_stats.json", "eval.json", "policy/model.safetensors"]:
             assert (run_dir / f"iter_{s}" / name).is_file(), (s, name)
     assert C.load(run_dir / "config.yaml") == C.load(None, SMALL)
+
+
+def test_summary_has_the_paired_difference_the_stage_times_and_the_responses(small_run):
+    _, run_dir, stdout = small_run
+    summary = json.loads((run_dir / "summary.json").read_text())
+    from larpo.metrics import bootstrap_ci
+
+    sft, final = summary["sft"]["per_prompt"]["correct"], summary["final"]["per_prompt"]["correct"]
+    mean, low, high = bootstrap_ci([b - a for a, b in zip(sft, final)])
+    assert summary["difference"]["exact_accuracy"] == {"mean": mean, "low": low, "high": high, "n_prompts": 40}
+    assert f"[{low:+.3f}, {high:+.3f}]" in next(line for line in stdout.splitlines() if line.startswith("exact_accuracy"))
+    assert set(summary["stage_seconds"]) == {"initial policy", "greedy evaluation", "sampling and scoring", "lists",
+                                             "training", "retriever evaluation (initial)", "retriever evaluation (final)"}
+    assert all(v > 0 for v in summary["stage_seconds"].values())
+    report = (run_dir / "report.md").read_text()
+    assert "## Time per stage" in report and "| training | 2 |" in report and "paired 95% bootstrap interval" in report
+    for evaluation in ("eval_sft", "iter_0/eval", "iter_1/eval"):
+        rows = read_jsonl(run_dir / f"{evaluation}.responses.jsonl")
+        per_prompt = json.loads((run_dir / f"{evaluation}.json").read_text())["per_prompt"]
+        assert len(rows) == 40 and [r["reward"] for r in rows] == per_prompt["reward"]
+        assert set(rows[0]) == {"prompt_id", "prompt", "response", "reward", "correct"}
 
 
 def test_summary_has_finite_sft_and_final_blocks(small_run):

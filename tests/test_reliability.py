@@ -225,7 +225,7 @@ def same_result(got: Path, want: Path) -> None:
         assert (got / policy).read_bytes() == (want / policy).read_bytes(), policy
     for s in (0, 1):
         assert read_jsonl(got / f"iter_{s}/candidates.jsonl") == read_jsonl(want / f"iter_{s}/candidates.jsonl")
-    strip = lambda rows: [r for r in rows if r["stage"] != "truncation"]  # noqa: E731
+    strip = lambda rows: [r for r in rows if r["stage"] not in ("truncation", "time")]  # noqa: E731
     assert strip(read_jsonl(got / "metrics.jsonl")) == strip(read_jsonl(want / "metrics.jsonl"))
     assert not list(got.rglob(f"{TMP_PREFIX}*"))
 

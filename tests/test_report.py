@@ -20,4 +20,4 @@ def test_undefined_ranking_metrics_print_as_a_dash(capsys, tmp_path):
 def test_the_initial_policy_is_called_what_it_is(capsys, tmp_path):
     print_summary(summary(0.5, 0.5, label="initial"), tmp_path)
     header = capsys.readouterr().out.strip().splitlines()[0].split()
-    assert header[-3:] == ["initial", "final", "change"]
+    assert header[:4] == ["held-out", "(greedy)", "initial", "final"]

@@ -79,3 +79,46 @@ def test_greedy_decoding_of_a_chat_arithmetic_prompt_returns_text(smollm2):
     [[reply]] = generate(model, tokenizer, [prompt], 1, 0.0, 16)
     assert reply.text.strip()
     assert 0.0 <= task.reward(prompt, reply.text) <= 1.0
+
+
+TIE_BREAK = '''
+from larpo.config import TaskConfig
+from larpo.tasks import build_task
+
+TASK = build_task(TaskConfig(name="chat_arithmetic"))
+
+
+def score(prompts, responses):  # the task's graded reward; longer replies break its ties
+    return [TASK.reward(p, r) + 1e-3 * len(r) for p, r in zip(prompts, responses)]
+'''
+
+
+def test_one_tiny_iteration_end_to_end_on_the_real_model(smollm2_dir, tmp_path, monkeypatch):
+    from larpo import config as C
+    from larpo.io import read_jsonl
+    from larpo.lists import RankedList
+    from larpo.loop import run
+    from larpo.trainer import encode_lists
+
+    (tmp_path / "tie_break.py").write_text(TIE_BREAK)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = C.load(None, [
+        f"model.path={smollm2_dir}", "task.name=chat_arithmetic", "task.n_train=8", "task.n_eval=4", "sft.enabled=false",
+        "model.lora=true", "model.lora_r=4", "reranker.kind=callable", "reranker.function=tie_break:score",
+        "sampling.k=2", "sampling.temperature=0.7", "sampling.max_new_tokens=6", "loop.iterations=1",
+        "loop.prompts_per_iteration=4", "train.beta=0.1", "train.lr=1e-4", "train.epochs=1", "train.batch_size=2",
+        "train.micro_batch_size=2", "eval.n_prompts=4", "eval.samples=0", "eval.batch_size=4",
+    ])
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    assert len(summary["per_policy"]) == 2 and summary["initial_label"] == "initial"
+    policy = tmp_path / "run" / "iter_0" / "policy"
+    model, tokenizer = load_policy(policy)  # the LoRA adapters on the imported base
+    assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template is not None
+    lists = [RankedList.from_row(r) for r in read_jsonl(tmp_path / "run" / "iter_0" / "lists.jsonl")]
+    assert lists
+    for rl, encoded in zip(lists, encode_lists(tokenizer, lists)):
+        text = tokenizer.decode(encoded.prompt_ids)
+        assert text.startswith("<|im_start|>system") and f"<|im_start|>user\n{rl.prompt}<|im_end|>" in text
+        assert text.endswith("<|im_start|>assistant\n")  # the chat template was applied
+        for ids, finished, trained in zip(rl.response_ids, rl.finished, encoded.response_ids):
+            assert trained == (list(ids) + [tokenizer.convert_tokens_to_ids("<|im_end|>")] if finished else list(ids))

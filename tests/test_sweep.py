@@ -158,3 +158,18 @@ def test_every_ablation_grid_loads_and_shares_the_default_cell():
     assert all(len(g.seeds) >= 5 for g in grids)
     keys = [{run_key(cell_config(g, c, 0)) for c in g.cells} for g in grids]
     assert set.intersection(*keys), "the grids no longer share their default cell"
+
+
+def test_a_run_from_a_model_path_shares_its_initial_evaluations_only(tmp_path):
+    from larpo import config as C
+    from larpo.sweep import _share_sft, sft_key
+
+    cfg = C.load(None, ["model.path=/models/mine", "sft.enabled=false"])
+    done, fresh, cache = tmp_path / "done", tmp_path / "fresh", tmp_path / "cache"
+    done.mkdir()
+    for name in ("eval_sft.json", "eval_sft.responses.jsonl", "retriever_eval_sft.json"):
+        (done / name).write_text(name)
+    _share_sft(cfg, done, cache, into_run=False)
+    _share_sft(cfg, fresh, cache, into_run=True)
+    assert sorted(p.name for p in fresh.iterdir()) == ["eval_sft.json", "eval_sft.responses.jsonl", "retriever_eval_sft.json"]
+    assert (fresh / "eval_sft.json").read_text() == "eval_sft.json" and (cache / sft_key(cfg) / "eval_sft.json").is_file()

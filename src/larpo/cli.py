@@ -24,11 +24,14 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config file (default: the embedded default, configs/default.yaml)")
     parser.add_argument("--out", help="run directory (default: runs/<config name>); rerun the same command to resume")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    parser.add_argument("--threads", type=int, metavar="N", help="torch threads in every process (the config's "
+                        "`threads`); 1 is much faster on a machine shared with other work")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
 
 
 def _resolve(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
-    cfg = config_mod.load(args.config, args.overrides)
+    threads = [f"threads={args.threads}"] if args.threads is not None else []
+    cfg = config_mod.load(args.config, [*args.overrides, *threads])
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     return cfg, out
 
@@ -94,11 +97,16 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise ConfigError("--temperatures, --samples and --prompts: expected positive values")
     task = build_task(cfg.task)
     examples = task.eval_examples()[: args.prompts or cfg.eval.n_prompts]
+    if cfg.threads is not None:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     model, tokenizer = policy_from_config(args.policy_dir, cfg.model)  # model.dtype and the token limits
     baseline = policy_from_config(args.baseline, cfg.model) if args.baseline else None
     reranker = build_reranker(cfg.reranker, task, model.device, cfg.model.dtype)
     result = retriever_eval(model, tokenizer, task, examples, reranker, args.samples,
-                            temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
+                            temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline,
+                            progress=True)
     result.update(policy=str(args.policy_dir), baseline_policy=args.baseline)
     out = Path(args.out) if args.out else Path(args.policy_dir) / "retriever_eval.json"
     write_json_atomic(out, result)

@@ -162,6 +162,7 @@ class EvalConfig:
 @dataclass
 class Config:
     seed: int = 0
+    threads: int | None = None  # torch threads in every process (None: torch's default, one per core)
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -254,6 +255,7 @@ def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> 
 
 def validate(cfg: Config) -> Config:
     """Range checks and cross-field rules; returns ``cfg`` unchanged or raises ConfigError."""
+    _positive("threads", cfg.threads)
     for key in (
         "task.digits", "task.length", "task.max_value", "task.n_train", "task.n_eval",
         "model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",

@@ -7,6 +7,7 @@ import math
 from typing import Sequence
 
 import torch
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .encoding import encode_prompt, encode_response, length_limits, pad_id
@@ -35,7 +36,8 @@ def greedy_eval(
 ) -> dict:
     """Greedy exact accuracy, mean gold reward and mean response length (characters).
 
-    ``per_prompt`` keeps each prompt's correctness and reward, for paired tests between policies.
+    ``per_prompt`` keeps each prompt's correctness and reward, for paired tests between policies;
+    ``responses`` the greedy responses themselves, in the order of ``examples``.
     """
     prompts = [ex.prompt for ex in examples]
     responses = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
@@ -48,6 +50,7 @@ def greedy_eval(
         "mean_length": sum(len(r) for r in responses) / n,
         "n_prompts": n,
         "per_prompt": {"correct": correct, "reward": rewards},
+        "responses": responses,
     }
 
 
@@ -71,7 +74,8 @@ def _powers_of_two(limit: int, cap: int | None = None) -> list[int]:
 
 
 @torch.no_grad()
-def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batch_size: int) -> list[float]:
+def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batch_size: int,
+                    progress: bool = False) -> list[float]:
     """Summed log π(y|x) of each sampled response, its drawn ids (+ EOS if it finished) (``sequence_logps``)."""
     pad = pad_id(tokenizer)
     pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, s.text, s.ids, s.finished))
@@ -80,7 +84,8 @@ def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batc
     model.eval()
     out: list[float] = []
     try:
-        for start in range(0, len(pairs), batch_size):
+        starts = range(0, len(pairs), batch_size)
+        for start in tqdm(starts, desc="retriever evaluation: log-probs", unit="batch", disable=not progress):
             batch = collate_pairs(pairs[start : start + batch_size], pad)
             out.extend(sequence_logps(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
     finally:
@@ -102,8 +107,11 @@ def retriever_eval(
     batch_size: int = 64,
     seed: int = 0,
     baseline: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
+    progress: bool = False,
 ) -> dict:
     """The policy judged as a retriever on ``examples``; a JSON-serialisable dict (see docs/evaluation.md).
+
+    ``progress`` shows a bar for each of its passes (greedy, sampling per temperature, log-probs).
 
     Every metric is a mean over prompts with a 95 % percentile bootstrap interval
     (``{"mean", "low", "high", "n_prompts"}``); every block states its ``n_prompts`` and
@@ -118,7 +126,7 @@ def retriever_eval(
     n = len(prompts)
     if n == 0:
         raise ValueError("retriever_eval: no prompts")
-    greedy = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size)
+    greedy = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
     greedy_gold = [task.reward(p, r) for p, r in zip(prompts, greedy)]
     result: dict = {
         "n_prompts": n,
@@ -135,7 +143,8 @@ def retriever_eval(
     ks = _powers_of_two(n_samples)
     for t_index, temperature in enumerate(temperatures):
         samples = generate(model, tokenizer, prompts, n_samples, float(temperature), max_new_tokens,
-                           batch_size=max(1, batch_size // n_samples), seed=seed + t_index)
+                           batch_size=max(1, batch_size // n_samples), seed=seed + t_index, progress=progress,
+                           desc=f"retriever evaluation: sampling at T={temperature}")
         flat_p = [p for p, group in zip(prompts, samples) for _ in group]
         flat_r = [s.text for group in samples for s in group]
         scores = reranker.score(flat_p, flat_r)
@@ -149,7 +158,7 @@ def retriever_eval(
         distinct = [list({(s.ids, s.finished): (s, sc) for s, sc in zip(group, per_prompt[i][3])}.values())
                     for i, group in enumerate(samples)]
         cand_p = [p for p, ds in zip(prompts, distinct) for _ in ds]
-        logps = _response_logps(model, tokenizer, cand_p, [s for ds in distinct for s, _ in ds], batch_size)
+        logps = _response_logps(model, tokenizer, cand_p, [s for ds in distinct for s, _ in ds], batch_size, progress)
         rankings, offset = [], 0
         for ds in distinct:
             rankings.append((logps[offset : offset + len(ds)], [sc for _, sc in ds]))
@@ -172,7 +181,7 @@ def retriever_eval(
         }
     if baseline is not None:
         base_model, base_tokenizer = baseline
-        base = _greedy(base_model, base_tokenizer, prompts, max_new_tokens, batch_size)
+        base = _greedy(base_model, base_tokenizer, prompts, max_new_tokens, batch_size, progress)
         base_gold = [task.reward(p, r) for p, r in zip(prompts, base)]
         result["baseline"] = {
             "n_prompts": n, "n_samples": 1,

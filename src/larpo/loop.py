@@ -39,6 +39,7 @@ from .encoding import length_limits, pad_id
 from .evaluate import greedy_eval, retriever_eval
 from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
+from .metrics import bootstrap_ci
 from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
 from .reference import reference_model
 from .preflight import METRICS, Inputs, check_inputs, check_reranker, prepare_run_dir
@@ -70,18 +71,20 @@ def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -
         return Path(cfg.model.path)
     if sft_dir.exists():
         return sft_dir
-    if cfg.model.path is not None:
-        model, tokenizer = policy_from_config(cfg.model.path, cfg.model)
-    else:
-        tokenizer = build_tokenizer(inputs.task.tokenizer_corpus(), cfg.model.vocab_size)
-        model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
-    if cfg.sft.enabled:
-        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
-        sft_train(
-            model, tokenizer, inputs.task, inputs.sft_train, inputs.validation, cfg.sft, cfg.sampling.max_new_tokens,
-            seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
-        )
-    save_policy(model, tokenizer, sft_dir)
+    with _timed(run_dir, "initial policy", None):
+        seed_everything(cfg.seed)  # dropout in SFT
+        if cfg.model.path is not None:
+            model, tokenizer = policy_from_config(cfg.model.path, cfg.model)
+        else:
+            tokenizer = build_tokenizer(inputs.task.tokenizer_corpus(), cfg.model.vocab_size)
+            model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
+        if cfg.sft.enabled:
+            rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
+            sft_train(
+                model, tokenizer, inputs.task, inputs.sft_train, inputs.validation, cfg.sft, cfg.sampling.max_new_tokens,
+                seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
+            )
+        save_policy(model, tokenizer, sft_dir)
     return sft_dir
 
 
@@ -156,13 +159,43 @@ def _separate_reference_logps(
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
+@contextlib.contextmanager
+def _timed(run_dir: Path, name: str, iteration: int | None, write: bool = True):
+    """Log the wall time of one stage's work (a ``time`` row in metrics.jsonl, replacing an earlier attempt's).
+
+    ``iteration`` is the 0-based iteration the stage belongs to (None: before the first one).
+    """
+    start = time.time()
+    yield
+    if write:
+        row = {"stage": "time", "name": name, "iteration": iteration, "seconds": round(time.time() - start, 3)}
+        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "time" and (r["name"], r["iteration"]) == (name, iteration),
+                      [row])
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Wall seconds per stage, summed over iterations and over the invocations that did the work."""
+    totals: dict[str, float] = {}
+    for row in read_jsonl(run_dir / METRICS) if (run_dir / METRICS).exists() else []:
+        if row.get("stage") == "time":
+            totals[row["name"]] = round(totals.get(row["name"], 0.0) + row["seconds"], 3)
+    return totals
+
+
 def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
               progress: bool) -> dict:
+    """Greedy held-out evaluation of one policy: ``out`` (JSON) and its responses beside it (JSON lines)."""
     if out.exists():
         return json.loads(out.read_text())
-    model, tokenizer = policy_from_config(policy_dir, cfg.model)
-    scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size,
-                         progress)
+    with _timed(run_dir, "greedy evaluation", policy - 1 if policy else None):  # after iteration policy - 1
+        model, tokenizer = policy_from_config(policy_dir, cfg.model)
+        scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
+                             cfg.eval.batch_size, progress)
+    responses = scores.pop("responses")
+    per_prompt = scores["per_prompt"]
+    write_jsonl_atomic(out.with_suffix(".responses.jsonl"), (
+        {"prompt_id": ex.prompt_id, "prompt": ex.prompt, "response": r, "reward": w, "correct": bool(c)}
+        for ex, r, w, c in zip(inputs.held_out, responses, per_prompt["reward"], per_prompt["correct"])))
     row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k != "per_prompt"}}
     rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
     write_json_atomic(out, scores)
@@ -170,16 +203,26 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
 
 
 def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
-                    reranker: Reranker, cfg: Config, out: Path) -> dict:
+                    reranker: Reranker, cfg: Config, out: Path, progress: bool) -> dict:
     """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
     if out.exists():
         return json.loads(out.read_text())
-    model, tokenizer = policy_from_config(policy_dir, cfg.model)
-    baseline = policy_from_config(baseline_dir, cfg.model) if baseline_dir is not None else None
-    result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
-                            cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline)
+    with _timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
+        model, tokenizer = policy_from_config(policy_dir, cfg.model)
+        baseline = policy_from_config(baseline_dir, cfg.model) if baseline_dir is not None else None
+        result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples,
+                                cfg.eval.temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline,
+                                progress=progress)
     write_json_atomic(out, result)
     return result
+
+
+def paired_difference(initial: dict, final: dict, field: str) -> dict:
+    """final − initial on the same held-out prompts: the mean of the per-prompt differences and its
+    95% (paired) bootstrap interval over prompts."""
+    diffs = [b - a for a, b in zip(initial["per_prompt"][field], final["per_prompt"][field], strict=True)]
+    mean, low, high = bootstrap_ci(diffs)
+    return {"mean": mean, "low": low, "high": high, "n_prompts": len(diffs)}
 
 
 def retriever_brief(result: dict) -> dict:
@@ -192,6 +235,7 @@ def retriever_brief(result: dict) -> dict:
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Build (or load) and warm up the initial policy; return its held-out evaluation."""
+    make_accelerator(cfg.train, cfg.threads)
     inputs = check_inputs(cfg, log)
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
@@ -206,7 +250,7 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     On several processes every process returns the summary; only the main one writes and logs.
     """
     start = time.time()
-    accelerator = make_accelerator(cfg.train)
+    accelerator = make_accelerator(cfg.train, cfg.threads)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
     inputs = check_inputs(cfg, log)  # nothing is written before the inputs are known to be good
@@ -218,6 +262,7 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
             prepare_run_dir(cfg, run_dir, log)
         accelerator.wait_for_everyone()
         summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log)
+        summary["stage_seconds"] = stage_seconds(run_dir)
         summary["wall_seconds"] = round(time.time() - start, 2)
         if main:
             write_json_atomic(run_dir / "summary.json", summary)
@@ -248,31 +293,36 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
             model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True)  # LoRA, checkpointing
             model.to(accelerator.device)
             if not (d / "candidates.jsonl").exists():
-                candidates = sample_and_score(model, tokenizer, pool, reranker, cfg, s, accelerator, progress)
-                if main:
-                    save_candidates(run_dir, s, candidates)
-                accelerator.wait_for_everyone()
-            lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
-            encoded = _encode(run_dir, s, tokenizer, lists, main)
+                with _timed(run_dir, "sampling and scoring", s, write=main):
+                    candidates = sample_and_score(model, tokenizer, pool, reranker, cfg, s, accelerator, progress)
+                    if main:
+                        save_candidates(run_dir, s, candidates)
+                    accelerator.wait_for_everyone()
+            with _timed(run_dir, "lists", s, write=main):
+                lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
+                encoded = _encode(run_dir, s, tokenizer, lists, main)
             if main:
                 rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
-            train_phase(
-                model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
-                metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
-                ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, encoded, pad_id(tokenizer), accelerator),
-                save_to=d / "policy",
-            )
+            with _timed(run_dir, "training", s, write=main):  # the reference pass included
+                train_phase(
+                    model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
+                    metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
+                    ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, encoded, pad_id(tokenizer), accelerator),
+                    save_to=d / "policy",
+                )
         policy_dir = d / "policy"
         evals.append(evaluate(policy_dir, d / "eval.json", s + 1))
         log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {evals[-1]['exact_accuracy']:.3f}, "
             f"gold reward {evals[-1]['gold_reward']:.3f}")
 
-    summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[-1], "per_policy": evals}
+    summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[-1], "per_policy": evals,
+               "difference": {key: paired_difference(evals[0], evals[-1], field)
+                              for key, field in (("exact_accuracy", "correct"), ("gold_reward", "reward"))}}
     if cfg.eval.samples > 0:
         summary["retriever"] = {}
         for name, baseline in (("sft", None), ("final", initial_dir)):
             current = initial_dir if name == "sft" else policy_dir
             out = run_dir / f"retriever_eval_{name}.json"
-            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out))
+            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out, progress))
             summary["retriever"][name] = retriever_brief(result)
     return summary

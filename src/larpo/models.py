@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -99,7 +100,9 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
     )
     try:
-        return get_peft_model(model, lora)
+        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5.24 deprecates; not the user's to fix
+            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+            return get_peft_model(model, lora)
     except ValueError as e:  # no default modules for this architecture, or a name that matches nothing
         raise ConfigError(f"model.lora_target_modules: got {targets!r}, which peft cannot use ({e})") from None
 

@@ -112,9 +112,18 @@ def write_report(run_dir: str | Path) -> Path:
             lines.append(f"| {s + 1} | {len(cands)} | {sum(not c.finished for c in cands)} | {mean:.3f} | "
                          f"{stats.get('lists', '-')} | {stats.get('skipped_tied', '-')} | {stats.get('skipped_no_negative', '-')} |")
         lines += ["", "![rewards](plots/rewards.png)", ""]
-    summary_path = run_dir / "summary.json"
-    if summary_path.exists():
-        lines += [f"Wall time of the last invocation: {json.loads(summary_path.read_text())['wall_seconds']:.0f} s.", ""]
+    summary = json.loads((run_dir / "summary.json").read_text()) if (run_dir / "summary.json").exists() else None
+    if summary and summary.get("difference"):
+        lines += ["Final − initial on the same held-out prompts (mean, paired 95% bootstrap interval): " + "; ".join(
+            f"{key.replace('_', ' ')} {d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+            for key, d in summary["difference"].items()) + ".", ""]
+    times = [r for r in metrics if r.get("stage") == "time"]
+    if times:
+        lines += ["## Time per stage", "", "| stage | iteration | seconds |", "|---|---|---|"]
+        lines += [f"| {r['name']} | {'' if r['iteration'] is None else r['iteration'] + 1} | {r['seconds']:.1f} |" for r in times]
+        lines += [f"| all stages | | {sum(r['seconds'] for r in times):.1f} |", ""]
+    if summary:
+        lines += [f"Wall time of the last invocation: {summary['wall_seconds']:.0f} s.", ""]
     out = run_dir / "report.md"
     write_text_atomic(out, "\n".join(lines))
     return out
@@ -130,15 +139,18 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     sft, final = summary["sft"], summary["final"]
     label = summary.get("initial_label", "SFT")
     print()
-    print(f"{'held-out (greedy)':<20}{label:>8}{'final':>8}{'change':>9}")
+    print(f"{'held-out (greedy)':<20}{label:>8}{'final':>8}{'change':>9}  paired 95% CI")
     rows = [(key, sft[key], final[key]) for key in ("exact_accuracy", "gold_reward")]
     retriever = summary.get("retriever")
     if retriever:
         ks = [k for k in retriever["final"] if k.startswith("pass@")]
         rows += [(f"{key} (T={retriever['final']['temperature']})", retriever["sft"][key], retriever["final"][key])
                  for key in (ks[0], ks[-1], "ndcg", "mrr")]
+    differences = summary.get("difference", {})
     for name, a, b in rows:
         change = None if a is None or b is None else b - a
-        print(f"{name:<20}{_cell(a, 8)}{_cell(b, 8)}{_cell(change, 9, '+')}")
+        interval = differences.get(name)
+        ci = f"  [{interval['low']:+.3f}, {interval['high']:+.3f}]" if interval else ""
+        print(f"{name:<20}{_cell(a, 8)}{_cell(b, 8)}{_cell(change, 9, '+')}{ci}")
     print(f"\n{sft['n_prompts']} held-out prompts; wall time {summary['wall_seconds']:.0f} s; "
           f"report: {run_dir / 'report.md'}")

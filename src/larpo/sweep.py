@@ -133,18 +133,24 @@ def _copy_tree(src: Path, dst: Path) -> None:
 
 
 def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> None:
-    """Seed ``run_dir`` from the SFT cache (``into_run``) or fill the cache from a finished run."""
-    if cfg.model.path is not None and not cfg.sft.enabled:
-        return
+    """Seed ``run_dir`` from the SFT cache (``into_run``) or fill the cache from a finished run.
+
+    What is shared is the initial policy's work: ``sft/`` when the run builds it, and its
+    evaluations (greedy, its responses, as a retriever) — alone when the run starts from
+    ``model.path`` as it is.
+    """
     entry = cache / sft_key(cfg)
     src, dst = (entry, run_dir) if into_run else (run_dir, entry)
-    if (src / "sft").is_dir() and (src / "eval_sft.json").is_file() and not (dst / "sft").exists():
-        dst.mkdir(parents=True, exist_ok=True)
-        for name in ("eval_sft.json", "retriever_eval_sft.json"):  # the SFT policy's evaluations
-            if (src / name).is_file():
-                shutil.copy2(src / name, dst / f"{TMP_PREFIX}{name}.{os.getpid()}")
-                os.replace(dst / f"{TMP_PREFIX}{name}.{os.getpid()}", dst / name)
+    builds = cfg.model.path is None or cfg.sft.enabled
+    if not (src / "eval_sft.json").is_file() or (dst / "eval_sft.json").exists() or (builds and not (src / "sft").is_dir()):
+        return
+    dst.mkdir(parents=True, exist_ok=True)
+    if builds and not (dst / "sft").exists():
         _copy_tree(src / "sft", dst / "sft")
+    for name in ("eval_sft.responses.jsonl", "retriever_eval_sft.json", "eval_sft.json"):  # the stage marker last
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / f"{TMP_PREFIX}{name}.{os.getpid()}")
+            os.replace(dst / f"{TMP_PREFIX}{name}.{os.getpid()}", dst / name)
 
 
 def run_grid(grid: Grid, out: str | Path, progress: bool = True, sft_cache: str | Path | None = None) -> dict:

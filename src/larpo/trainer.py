@@ -64,8 +64,13 @@ def encode_lists(tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList]
     return out
 
 
-def make_accelerator(cfg: TrainConfig) -> Accelerator:
-    """The run's Accelerator: one process or many (launched by accelerate/torchrun), CPU or GPU."""
+def make_accelerator(cfg: TrainConfig, threads: int | None = None) -> Accelerator:
+    """The run's Accelerator: one process or many (launched by accelerate/torchrun), CPU or GPU.
+
+    ``threads`` sets torch's intra-op threads in this process (None: leave torch's default).
+    """
+    if threads is not None:
+        torch.set_num_threads(threads)
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
 
 
