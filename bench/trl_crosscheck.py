@@ -1,6 +1,6 @@
 """Cross-check: larpo's pairwise loss equals TRL's DPO ("sigmoid") loss on the same model and pairs.
 
-Run from the repository root (CPU, about 10 s on 2 cores):
+Run from the repository root (CPU, about 15 s on 2 cores):
 
     .venv/bin/python bench/trl_crosscheck.py
 
@@ -15,6 +15,13 @@ loss (policy log-probs read from its ``logps/*`` metrics) and ``compute_ref_log_
 reference log-probs. Per pair (batches of one) and for the whole padded batch, the losses and all
 log-probs must agree to 1e-5; the exit code is 1 if any difference exceeds that.
 
+Then the same pairs go through both trainers from a TRL preference file (``{"prompt", "chosen",
+"rejected"}`` JSON lines): larpo reads it with ``larpo.listdata.read_lists`` (lists of two) and
+trains one step with ``larpo.train_lists.train_on_lists`` (``loss="pairwise"``, the reference model
+passed as ``ref_model``, all pairs in one step); TRL loads it with ``datasets`` and trains one step
+with ``DPOTrainer.train()``. The first step's loss — ``result.metrics[0]["loss"]`` against TRL's
+logged ``loss`` — must agree to 1e-5 as well.
+
 What TRL 1.16 does with plain-string pairs (``DPOTrainer._prepare_dataset`` and
 ``DataCollatorForPreference``): it appends ``tokenizer.eos_token`` *as text* to chosen and
 rejected (unless already there), tokenises ``prompt`` and ``prompt + completion`` as whole strings
@@ -28,6 +35,7 @@ identical to ours; the script asserts this before comparing numbers.
 
 from __future__ import annotations
 
+import json
 import sys
 import tempfile
 import warnings
@@ -40,11 +48,13 @@ import transformers
 import trl
 from trl import DPOConfig, DPOTrainer
 
-from larpo.config import ModelConfig
+from larpo.config import ModelConfig, TrainConfig
 from larpo.encoding import encode_prompt, encode_response
+from larpo.listdata import read_lists
 from larpo.logprobs import collate_pairs, sequence_logps
 from larpo.losses import pairwise_loss
 from larpo.models import build_tiny_model, build_tokenizer, load_policy, save_policy
+from larpo.train_lists import train_on_lists
 
 BETA, TOL, NOISE_STD, SEED = 0.1, 1e-5, 0.2, 0
 PAIRS = [("12+34=", "46", "47"), ("5+7=", "12", "21"), ("99+1=", "100", "10"), ("3+3=", "6", "60")]
@@ -64,6 +74,38 @@ def build_models(root: Path) -> tuple[Path, Path]:
     save_policy(policy, tokenizer, root / "policy")
     save_policy(ref, tokenizer, root / "ref")
     return root / "policy", root / "ref"
+
+
+def write_pairs(path: Path) -> Path:
+    """PAIRS as a TRL preference file: one {"prompt", "chosen", "rejected"} object per line."""
+    path.write_text("".join(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n" for p, c, r in PAIRS))
+    return path
+
+
+def larpo_first_step(policy_dir: Path, ref_dir: Path, pairs_file: Path) -> float:
+    """The loss of the first step of ``train_on_lists`` on the pairs file, all pairs in one step."""
+    lists, report = read_lists(pairs_file)
+    assert report.format == "pairs" and report.lists == len(PAIRS), report.summary()
+    policy, tok = load_policy(policy_dir)
+    ref, _ = load_policy(ref_dir)
+    cfg = TrainConfig(loss="pairwise", beta=BETA, lr=1e-4, epochs=1, batch_size=len(PAIRS),
+                      micro_batch_size=len(PAIRS), warmup_ratio=0.0)
+    return train_on_lists(policy, tok, lists, cfg, ref_model=ref).metrics[0]["loss"]
+
+
+def trl_first_step(policy_dir: Path, ref_dir: Path, pairs_file: Path, out_dir: Path) -> float:
+    """The logged loss of the first step of ``DPOTrainer.train()`` on the pairs file, all pairs in one step."""
+    policy, tok = load_policy(policy_dir)
+    ref, _ = load_policy(ref_dir)
+    args = DPOConfig(output_dir=str(out_dir), beta=BETA, loss_type="sigmoid", bf16=False,
+                     gradient_checkpointing=False, report_to=[], per_device_train_batch_size=len(PAIRS),
+                     use_cpu=True, max_steps=1, learning_rate=1e-4, logging_strategy="steps", logging_steps=1,
+                     save_strategy="no")
+    data = datasets.Dataset.from_json(str(pairs_file))
+    trainer = DPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=data, processing_class=tok)
+    trainer.remove_callback(transformers.ProgressCallback)  # it prints every logged row
+    trainer.train()
+    return next(row["loss"] for row in trainer.state.log_history if "loss" in row)
 
 
 @torch.no_grad()
@@ -122,6 +164,9 @@ def main() -> int:
         policy_dir, ref_dir = build_models(Path(tmp))
         ours = larpo_side(policy_dir, ref_dir)
         theirs, trl_batch_loss = trl_side(policy_dir, ref_dir, Path(tmp) / "trl_out")
+        pairs_file = write_pairs(Path(tmp) / "pairs.jsonl")
+        ours_step = larpo_first_step(policy_dir, ref_dir, pairs_file)
+        trl_step = trl_first_step(policy_dir, ref_dir, pairs_file, Path(tmp) / "trl_train")
     if ours["ids"] != theirs["ids"]:
         print("token ids differ between larpo and TRL:", ours["ids"], theirs["ids"], sep="\n")
         return 1
@@ -146,6 +191,10 @@ def main() -> int:
     print("-" * len(head))
     print(f"batch of {len(PAIRS)} pairs: larpo mean loss {ours_mean:.6f}  TRL loss {trl_batch_loss:.6f}  "
           f"|diff| {batch_diff:.1e}")
+    step_diff = abs(ours_step - trl_step)
+    worst = max(worst, step_diff)
+    print(f"first training step on the TRL pairs file: train_on_lists {ours_step:.6f}  DPOTrainer.train {trl_step:.6f}  "
+          f"|diff| {step_diff:.1e}")
     print(f"max |diff| = {worst:.2e} (tolerance {TOL:g}): {'OK' if worst <= TOL else 'FAIL'}")
     return 0 if worst <= TOL else 1
 

@@ -49,6 +49,14 @@ def test_listwise_rows_of_one_iteration(run_dir, tmp_path):
     assert read_jsonl(out) == [{"prompt": "1+1=", "responses": ["2", "12", "7"], "rewards": [1.0, 0.5, 0.0]}]
 
 
+def test_listwise_rows_of_sampled_lists_carry_the_ids_trained_on_and_the_finished_flags():
+    from larpo.export import listwise_row
+
+    rl = RankedList("a", "1+1=", ("2", "11"), (1.0, 0.0), ("own", "own"), response_ids=((5,), (4, 4)), finished=(True, False))
+    assert listwise_row(rl) == {"prompt": "1+1=", "responses": ["2", "11"], "rewards": [1.0, 0.0],
+                                "response_ids": [[5], [4, 4]], "finished": [True, False]}
+
+
 def test_trl_rows_load_as_a_datasets_preference_dataset(run_dir, tmp_path):
     datasets = pytest.importorskip("datasets")
     out = tmp_path / "trl.jsonl"

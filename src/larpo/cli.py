@@ -1,4 +1,4 @@
-"""The ``larpo`` command: run, sft, report, eval, compare, sweep, export-lists, export-model, import-gguf.
+"""The ``larpo`` command: run, sft, train-lists, report, eval, compare, sweep, export-lists, export-model, import-gguf.
 
 User errors (a bad config, a missing file, an exception in the user's own function) print one
 line and exit with code 2, no traceback (``--debug`` adds it). The config is read and checked
@@ -57,6 +57,18 @@ def cmd_sft(args: argparse.Namespace) -> int:
     scores = run_sft_only(cfg, out, progress=not args.quiet)
     print(f"[larpo] SFT policy in {out / 'sft'}: held-out exact accuracy {scores['exact_accuracy']:.3f}, "
           f"gold reward {scores['gold_reward']:.3f}")
+    return 0
+
+
+def cmd_train_lists(args: argparse.Namespace) -> int:
+    cfg = config_mod.load(args.config, args.overrides)  # before the heavy imports below
+    if args.model is not None:
+        cfg.model.path = args.model
+    from .listdata import Fields
+    from .train_lists import run_train_lists
+
+    fields = Fields(args.prompt_field, args.responses_field, args.rewards_field)
+    run_train_lists(cfg, args.data, args.out, fields, args.split, args.drop_bad_rows, args.eval, progress=not args.quiet)
     return 0
 
 
@@ -186,6 +198,34 @@ def build_parser() -> argparse.ArgumentParser:
                          "A later `larpo run` with the same --out reuses it.")
     _add_run_arguments(sft)
     sft.set_defaults(func=cmd_sft)
+    tl = sub.add_parser("train-lists", help="train a model on ranked lists you already have (listwise, TRL pairs, a dataset)",
+                        description="Train MODEL on the ranked lists in DATA with the configured loss: one LarPO "
+                        "training phase, reference = the starting model, for train.epochs; the policy is saved to "
+                        "OUT/policy. DATA is listwise JSONL {prompt, responses, rewards} (export-lists --format "
+                        "listwise, RLHFlow), TRL preference JSONL {prompt, chosen, rejected}, or a directory saved "
+                        "with datasets' save_to_disk; see docs/train-lists.md. Every bad row is named by file, line "
+                        "and field; how many lists were used and dropped, and why, is printed and written to "
+                        "OUT/data_report.json.")
+    tl.add_argument("data", metavar="DATA", help="a JSONL file, or a dataset directory saved with save_to_disk")
+    tl.add_argument("--model", metavar="DIR", help="the local model to train (model.path; default: the config's)")
+    tl.add_argument("--out", required=True, metavar="DIR", help="output directory: new or empty, or an unfinished train-lists run")
+    tl.add_argument("--config", help="YAML config: train.*, lists.strategy/top/bottom, model.*, seed (and task.*, eval.* "
+                    "with --eval); default: the embedded default")
+    tl.add_argument("--split", help="the split of a saved DatasetDict")
+    tl.add_argument("--prompt-field", default="prompt", metavar="FIELD", help="the prompt's field (default: prompt)")
+    tl.add_argument("--responses-field", default="responses", metavar="FIELD",
+                    help="the responses' field; COLUMN.KEY reads KEY from each item of a list column, e.g. "
+                    "completions.response (default: responses)")
+    tl.add_argument("--rewards-field", default="rewards", metavar="FIELD",
+                    help="the rewards' field, e.g. completions.overall_score (default: rewards)")
+    tl.add_argument("--drop-bad-rows", action="store_true",
+                    help="drop a malformed row, counted by reason, instead of stopping at the first (lists whose "
+                    "rewards all tie are always dropped)")
+    tl.add_argument("--eval", action="store_true",
+                    help="evaluate the starting and the trained policy on the held-out prompts of the configured task")
+    tl.add_argument("--quiet", action="store_true", help="no progress bars")
+    tl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
+    tl.set_defaults(func=cmd_train_lists)
     report = sub.add_parser("report", help="regenerate report.md and plots of a run directory",
                             description="Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's files.")
     report.add_argument("run_dir", metavar="RUN_DIR")
@@ -256,7 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills a KEY=VALUE list from the first run of positionals only; take those after an option too
+    if extra and (not hasattr(args, "overrides") or any(item.startswith("-") for item in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides += extra
     # Our own bars cover every long stage; transformers reads this when it is first imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:

@@ -5,7 +5,9 @@
 per list), or every pair whose rewards are strictly ordered (``pairs="all"``, up to m(m−1)/2 rows;
 tied pairs carry no preference and are left out). ``listwise`` rows are
 ``{"prompt", "responses", "rewards"}``, responses best first, the format of iterative-DPO and
-listwise work. Lists are read from ``iter_<s>/lists.jsonl``: those trained on, after list
+listwise work; a list the loop sampled adds ``response_ids`` (per response, the token ids it was
+trained on, EOS excluded) and ``finished`` (per response, whether it ended with EOS), which other
+trainers ignore and ``larpo train-lists`` trains on, so that it trains exactly what the loop did. Lists are read from ``iter_<s>/lists.jsonl``: those trained on, after list
 building, so with memorization a prompt can appear once per iteration.
 """
 
@@ -38,7 +40,13 @@ def preference_rows(rl: RankedList, pairs: Literal["best_worst", "all"] = "best_
 
 
 def listwise_row(rl: RankedList) -> dict:
-    return {"prompt": rl.prompt, "responses": list(rl.responses), "rewards": list(rl.rewards)}
+    """prompt, responses (best first), rewards; for sampled lists also ``response_ids`` and ``finished``."""
+    row = {"prompt": rl.prompt, "responses": list(rl.responses), "rewards": list(rl.rewards)}
+    if rl.response_ids is not None:
+        row["response_ids"] = [None if ids is None else list(ids) for ids in rl.response_ids]
+    if rl.finished is not None:
+        row["finished"] = list(rl.finished)
+    return row
 
 
 def load_lists(run_dir: str | Path, iteration: int | None = None) -> Iterator[RankedList]:

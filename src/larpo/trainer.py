@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -48,6 +48,7 @@ class PhaseResult:
     steps: int
     losses: list[float]  # mean loss of each optimizer step
     ref_logps: Sequence[torch.Tensor]  # per list: [m] reference log-probs, float32, on the CPU
+    metrics: list[dict] = field(default_factory=list)  # per step: the row appended to metrics_path
 
 
 def encode_lists(tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList]) -> list[EncodedList]:
@@ -229,8 +230,9 @@ def train_phase(
     ``ref_logps`` (one [m] tensor per list) defaults to the model's own log-probs at the start of
     the phase (the paper's reference: the policy at the start of the iteration). Each step's
     metrics (loss, pair accuracy, mean γ margin, grad norm, lr), with ``tag`` merged in, are
-    appended to ``metrics_path`` by the main process. ``seed`` seeds every generator the phase
-    uses (list order, and dropout masks when ``cfg.dropout`` keeps dropout on).
+    returned in ``PhaseResult.metrics`` and appended to ``metrics_path`` by the main process.
+    ``seed`` seeds every generator the phase uses (list order, and dropout masks when
+    ``cfg.dropout`` keeps dropout on).
     """
     if not lists:
         raise ValueError("train_phase needs at least one ranked list")
@@ -256,6 +258,7 @@ def train_phase(
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
 
         losses: list[float] = []
+        metrics: list[dict] = []
         bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
@@ -286,17 +289,18 @@ def train_phase(
                 totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
                 loss, correct, pairs, margin = totals.tolist()
                 losses.append(loss / len(step_ids))
+                metrics.append({
+                    **(tag or {}),
+                    "epoch": epoch,
+                    "step": len(losses),
+                    "loss": losses[-1],
+                    "pair_accuracy": correct / pairs if pairs else None,
+                    "margin": margin / pairs if pairs else None,
+                    "grad_norm": float(grad_norm),
+                    "lr": lr,
+                })
                 if metrics_path is not None and accelerator.is_main_process:
-                    append_jsonl(metrics_path, {
-                        **(tag or {}),
-                        "epoch": epoch,
-                        "step": len(losses),
-                        "loss": losses[-1],
-                        "pair_accuracy": correct / pairs if pairs else None,
-                        "margin": margin / pairs if pairs else None,
-                        "grad_norm": float(grad_norm),
-                        "lr": lr,
-                    })
+                    append_jsonl(metrics_path, metrics[-1])
                 bar.update(1)
                 bar.set_postfix(loss=f"{losses[-1]:.4f}")
         bar.close()
@@ -307,4 +311,4 @@ def train_phase(
         accelerator.wait_for_everyone()
         accelerator.free_memory()
         model.eval()
-        return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps)
+        return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps, metrics=metrics)

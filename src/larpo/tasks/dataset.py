@@ -25,9 +25,11 @@ if TYPE_CHECKING:
     import datasets
 
 
-def load_split(path: str | Path, split: str | None, key: str = "task.path") -> tuple["datasets.Dataset", str | None]:
+def load_split(
+    path: str | Path, split: str | None, key: str = "task.path", split_key: str = "task.split"
+) -> tuple["datasets.Dataset", str | None]:
     """The Dataset saved in ``path`` and the split it is (the ``split`` of a saved DatasetDict, None for a
-    saved Dataset), or a ConfigError naming ``key``."""
+    saved Dataset), or a ConfigError naming ``key`` (the path's setting) or ``split_key`` (the split's)."""
     try:
         import datasets  # here, not at the top: importing it takes a second that other tasks need not pay
     except ImportError:
@@ -42,14 +44,14 @@ def load_split(path: str | Path, split: str | None, key: str = "task.path") -> t
         raise ConfigError(f"{key}: {path} is not a dataset saved with save_to_disk ({e})") from None
     if isinstance(loaded, datasets.Dataset):
         if split is not None:
-            raise ConfigError(f"task.split: got {split!r}, but {path} holds a single Dataset, not a DatasetDict; "
-                              "expected task.split: null")
+            raise ConfigError(f"{split_key}: got {split!r}, but {path} holds a single Dataset, not a DatasetDict; "
+                              "expected no split")
         return loaded, None
     splits = list(loaded)
     if split is None and len(splits) == 1:
         split = splits[0]
     if split not in loaded:
-        raise ConfigError(f"task.split: got {split!r}, expected one of the splits of {path}: {', '.join(splits)}")
+        raise ConfigError(f"{split_key}: got {split!r}, expected one of the splits of {path}: {', '.join(splits)}")
     return loaded[split], split
 
 
