@@ -13,6 +13,7 @@ adapters into a plain model directory that needs neither peft nor the base.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -83,6 +84,14 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
         return LlamaForCausalLM(config)
 
 
+@contextlib.contextmanager
+def _peft_quietly():
+    """peft 0.21 reads ``is_gradient_checkpointing``, which transformers 5.24 deprecates: not the user's to fix."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
     """Wrap ``model`` in LoRA adapters (``model.lora_*``); the base weights are frozen, only adapters train.
 
@@ -100,8 +109,7 @@ def apply_lora(model: PreTrainedModel, cfg: ModelConfig) -> PeftModel:
         target_modules="all-linear" if targets == ["all-linear"] else targets,
     )
     try:
-        with warnings.catch_warnings():  # peft 0.21 reads a property transformers 5.24 deprecates; not the user's to fix
-            warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        with _peft_quietly():
             return get_peft_model(model, lora)
     except ValueError as e:  # no default modules for this architecture, or a name that matches nothing
         raise ConfigError(f"model.lora_target_modules: got {targets!r}, which peft cannot use ({e})") from None
@@ -245,7 +253,8 @@ def load_policy(
         dtype=dtype if dtype is not None else "auto",
     )
     if adapters:
-        model = PeftModel.from_pretrained(model, path, is_trainable=True)
+        with _peft_quietly():
+            model = PeftModel.from_pretrained(model, path, is_trainable=True)
     return model, tokenizer
 
 
