@@ -173,3 +173,17 @@ def test_a_run_from_a_model_path_shares_its_initial_evaluations_only(tmp_path):
     _share_sft(cfg, fresh, cache, into_run=True)
     assert sorted(p.name for p in fresh.iterdir()) == ["eval_sft.json", "eval_sft.responses.jsonl", "retriever_eval_sft.json"]
     assert (fresh / "eval_sft.json").read_text() == "eval_sft.json" and (cache / sft_key(cfg) / "eval_sft.json").is_file()
+
+
+def test_the_real_model_grids_load_and_share_their_lambdarank_cell():
+    from pathlib import Path
+
+    from larpo.sweep import cell_config, run_key
+
+    root = Path(__file__).parent.parent / "configs" / "ablations-smollm2"
+    objective, inclusiveness = load_grid(root / "objective.yaml"), load_grid(root / "inclusiveness.yaml")
+    assert objective.seeds == inclusiveness.seeds == [0, 1, 2]
+    assert {cell_config(objective, c, 0).train.loss for c in objective.cells} == {"pairwise", "contrastive", "lambdarank", "listmle"}
+    assert run_key(cell_config(objective, "lambdarank-2+2", 0)) == run_key(cell_config(inclusiveness, "K=8", 0))
+    assert cell_config(inclusiveness, "K=2", 0).sampling.k == 2
+    assert cell_config(objective, "pairwise-1+1", 0).model.path == "models/SmolLM2-135M-Instruct"
