@@ -142,8 +142,8 @@ def can_share_prompt(model: nn.Module) -> bool:
     """Whether :func:`shared_prompt_logps` is exact on ``model`` as it is set up.
 
     Always without activation checkpointing. With it, only when every checkpointed layer is a
-    transformers ``GradientCheckpointingLayer`` that can keep a read-only cache
-    (``_can_checkpoint_with_cache``, transformers ≥ 5.2x) and checkpoints non-reentrantly (the
+    transformers ``GradientCheckpointingLayer`` that can keep a read-only cache (it has
+    ``_can_checkpoint_with_cache``, as in transformers 5.24) and checkpoints non-reentrantly (the
     replayed layer reads the prompt's keys from the cache, outside its inputs: reentrant
     checkpointing would send them no gradient). Otherwise prompts are repeated per response.
     """
