@@ -234,3 +234,17 @@ def test_reentrant_checkpointing_cannot_share_the_prompt():
     with pytest.raises(ValueError, match="can_share_prompt"):
         shared_prompt_logps(model, collate_lists(random_lists(seed=20, n=2), pad_id=0))
     assert logprobs.can_share_prompt(random_llama(seed=19).train())
+
+
+def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32():
+    lists = random_lists(seed=21, n=4)
+    grads = []
+    for autocast in (False, True):
+        model = random_llama(seed=22).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
+            logps.sum().backward()
+        assert logps.dtype == torch.float32
+        grads.append((logps.detach(), model.lm_head.weight.grad, model.model.layers[0].mlp.up_proj.weight.grad))
+    for exact, rounded in zip(*grads):
+        assert (rounded - exact).abs().max() <= 2e-2 * exact.abs().max()

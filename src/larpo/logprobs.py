@@ -257,8 +257,10 @@ class _LinearLogps(torch.autograd.Function):
                 d = d.to(dtype)
                 if need_h:
                     grad_h[start:end] = (d @ w).to(hidden.dtype)
-                if need_w:
-                    grad_w.addmm_(d.t(), h.to(wide))
+                if need_w and d.dtype == wide:
+                    grad_w.addmm_(d.t(), h)
+                elif need_w:  # a bf16 (autocast) matmul, summed in float32
+                    grad_w += d.t() @ h
         return (grad_h, grad_w.to(weight.dtype) if need_w else None,
                 grad_b.to(bias.dtype) if need_b else None, None)
 
