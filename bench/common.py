@@ -1,13 +1,16 @@
-"""Shared pieces of the throughput benchmarks: word-level tokenizer, models, seeded data, timing.
+"""Shared pieces of the throughput benchmarks: model shapes, word-level tokenizer, seeded data,
+model FLOPs, the machine's matmul peak, timing and worker processes.
 
 The tokenizer is word-level over the words ``w0 .. w{N-1}`` (whitespace split), so a text of n
 words is exactly n tokens and larpo and TRL see the same ids. Responses are written with a
 leading space (" w3 w9 …"): TRL concatenates prompt and completion as strings, and the space keeps
-the last prompt word and the first response word apart.
+the last prompt word and the first response word apart. A shape's vocabulary is filled exactly
+(3 special tokens + words), so the LM head has the model's real width (49,152 for SmolLM2).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -16,18 +19,47 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import AutoTokenizer, PreTrainedTokenizerFast
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from larpo.config import ModelConfig
-from larpo.models import EOS, PAD, UNK, build_tiny_model
+from larpo.models import EOS, PAD, UNK
 
-# name -> (hidden, layers): "tiny" is the embedded default's shape (larpo.config.ModelConfig: 4 heads,
-# MLP 512), "20M" the benchmark model (head dim 64, MLP 1344).
-MODEL_SIZES = {"tiny": (128, 4), "20M": (512, 6)}
+ROOT = Path(__file__).resolve().parent.parent
+SMOLLM2_DIR = "models/SmolLM2-135M-Instruct"  # where `bash scripts/fetch-smollm2.sh` puts the model
+
+
+@dataclass(frozen=True)
+class Shape:
+    """A Llama-style model shape; ``weights``: a model directory (relative to the repository root)
+    whose weights are loaded instead of a random initialisation when it exists."""
+
+    name: str
+    hidden: int
+    layers: int
+    heads: int
+    kv_heads: int
+    mlp: int
+    vocab: int
+    rope_theta: float = 10000.0
+    weights: str | None = None
+
+    def shrunk(self) -> "Shape":
+        """The same vocabulary on a one-layer, hidden-64 body with random weights: for ``--smoke`` runs."""
+        return dataclasses.replace(self, name=f"{self.name} shrunk", hidden=64, layers=1, heads=1, kv_heads=1,
+                                   mlp=128, weights=None)
+
+
+# "tiny": the embedded default's shape (larpo.config.ModelConfig) over the benchmark's 4,096 words;
+# "20M": the benchmark model (head dim 64, MLP ≈ 8/3 × hidden); "smollm2": SmolLM2-135M-Instruct.
+SHAPES = {
+    "tiny": Shape("tiny", 128, 4, 4, 4, 512, 4099),
+    "20M": Shape("20M", 512, 6, 8, 8, 1344, 4099),
+    "smollm2": Shape("SmolLM2-135M", 576, 30, 9, 3, 1536, 49152, rope_theta=100000.0, weights=SMOLLM2_DIR),
+}
 
 
 def word_tokenizer(n_words: int, directory: str | Path) -> PreTrainedTokenizerFast:
@@ -40,27 +72,75 @@ def word_tokenizer(n_words: int, directory: str | Path) -> PreTrainedTokenizerFa
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
-def build_model(tokenizer, hidden: int, layers: int, seed: int = 0, max_positions: int = 512):
-    """A from-config Llama-style model via ``larpo.models.build_tiny_model``.
-
-    At the embedded default's hidden size (128) it takes that default's heads and MLP width;
-    otherwise head dim 64 and an MLP of ≈ 8/3 × hidden (a multiple of 64), as in Llama.
-    """
-    default = ModelConfig()
-    if hidden == default.hidden_size:
-        heads, inter = default.num_heads, default.intermediate_size
-    else:
-        heads, inter = max(1, hidden // 64), 64 * round(hidden * 8 / 3 / 64)
-    cfg = ModelConfig(hidden_size=hidden, num_layers=layers, num_heads=heads, intermediate_size=inter,
-                      max_position_embeddings=max_positions)
-    return build_tiny_model(cfg, tokenizer, seed=seed)
+def build_model(tokenizer, shape: Shape, seed: int = 0, max_positions: int = 512) -> LlamaForCausalLM:
+    """A Llama of ``shape`` with tied embeddings: ``shape.weights`` when that directory holds a model, else
+    randomly initialised from ``seed`` (the global RNG is left as it was). Pad and EOS are the tokenizer's."""
+    weights = ROOT / shape.weights if shape.weights else None
+    if weights is not None and (weights / "config.json").is_file():
+        model = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32, local_files_only=True)
+        model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        return model
+    config = LlamaConfig(
+        vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
+        num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, intermediate_size=shape.mlp,
+        rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
 
 
 def describe_model(model) -> str:
     c = model.config
     n = sum(p.numel() for p in model.parameters())
-    return (f"Llama hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads, "
-            f"MLP {c.intermediate_size}, vocab {c.vocab_size}, tied embeddings: {n / 1e6:.1f}M parameters")
+    source = f"weights of {c._name_or_path}" if c._name_or_path else "from config, random weights"
+    return (f"Llama hidden {c.hidden_size}, {c.num_hidden_layers} layers, {c.num_attention_heads} heads "
+            f"({c.num_key_value_heads} key/value), MLP {c.intermediate_size}, vocab {c.vocab_size}, tied embeddings: "
+            f"{n / 1e6:.1f}M parameters ({source})")
+
+
+def forward_flops(config, prompt: int, responses: list[int], shared: bool) -> float:
+    """Model FLOPs of one forward pass over a list of ``prompt`` tokens and ``responses`` (token counts):
+    the prompt once with every response on top of it (``shared``), or each response after its own copy.
+
+    2 FLOPs per decoder-layer weight per token, 4 × layers × heads × head dim per (query, key) pair
+    of causal attention, and 2 × hidden × vocab for the LM head on each response token (the
+    positions whose log-probs are taken). Padding and recomputation (checkpointing) do not count.
+    """
+    h, n_layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
+    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
+    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
+    per_token = 2 * n_layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
+    per_key = 4 * n_layers * q
+
+    def causal(n: int) -> float:  # (query, key) pairs of n tokens attending causally
+        return n * (n + 1) / 2
+
+    if shared:
+        tokens = prompt + sum(responses)
+        attention = causal(prompt) + sum(r * prompt + causal(r) for r in responses)
+    else:
+        tokens = sum(prompt + r for r in responses)
+        attention = sum(causal(prompt + r) for r in responses)
+    return per_token * tokens + per_key * attention + 2 * h * config.vocab_size * sum(responses)
+
+
+def matmul_peak() -> float:
+    """The machine's measured matmul peak in FLOP/s: the fastest of a few square matmuls with the current
+    threads (fp32, n = 2048 and 4096 on CPU; bf16, n = 4096 and 8192 on CUDA)."""
+    dev = device()
+    dtype, sizes = (torch.bfloat16, (4096, 8192)) if dev.type == "cuda" else (torch.float32, (2048, 4096))
+    best = 0.0
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype, device=dev), torch.randn(n, n, dtype=dtype, device=dev)
+        a @ b
+        for _ in range(2):
+            with Timer() as t:
+                a @ b
+            best = max(best, 2 * n**3 / t.s)
+    return best
 
 
 def words(rng: random.Random, n_words: int, lo: int, hi: int) -> str:

@@ -1,25 +1,25 @@
-"""Sampling throughput: ``larpo.sampling.generate`` batched against one prompt at a time.
+"""Sampling throughput: ``larpo.sampling.generate``, which prefills each prompt once and copies its
+KV cache to the K samples, against HF ``generate`` with ``num_return_sequences=K``, which copies
+each prompt K times before its prefill (larpo's sampling path before).
 
-Run from the repository root:
+Run from the repository root after ``bash scripts/fetch-smollm2.sh`` (``bash scripts/bench.sh``
+does both and runs ``train_throughput.py`` too):
 
-    .venv/bin/python bench/sample_throughput.py            # the full run (see docs/performance.md)
-    .venv/bin/python bench/sample_throughput.py --smoke    # everything shrunk: well under a minute
+    .venv/bin/python bench/sample_throughput.py            # SmolLM2-135M-Instruct, 64 chat prompts, K = 8
+    .venv/bin/python bench/sample_throughput.py --quick    # 16 prompts: about a minute and a half on 2 cores
+    .venv/bin/python bench/sample_throughput.py --smoke    # a tiny random model, no SmolLM2 needed
 
-For each model size (``tiny``: hidden 128, 4 layers, the embedded default's shape; ``20M``: hidden
-512, 6 layers, the model of ``train_throughput.py``) and each K, the same seeded prompts are sampled
-(temperature 1, top_p 1, HF ``generate`` with its KV cache):
-
-* batched: one ``generate`` call over all prompts, ``batch_size=--batch-prompts`` prompts per
-  ``model.generate`` call, each with ``num_return_sequences=K`` (what larpo's loop does);
-* one prompt at a time: a Python loop calling ``generate`` on a single prompt with ``k=K``
-  (``num_return_sequences=K``, so the K samples of one prompt are still one batch of K rows).
-
-Tokens = generated tokens up to and including EOS (a response that hits ``--max-new-tokens`` counts
-that many); with the word-level tokenizer a response of n words is n tokens. Special tokens other
-than EOS that a random model happens to sample (pad, unk: 2 of ~4,100 ids) are dropped by the
-decoder and not counted, an undercount of well under 0.1 % that is the same for both columns.
-One warm-up call per (size, K), then the median of ``--repeats`` timings. A vLLM column appears
-only when ``import vllm`` works and CUDA is available.
+Prompts are the held-out prompts of ``task.name=chat_arithmetic`` (2-digit addition) through
+SmolLM2's chat template, which adds a default system prompt (45–48 tokens per prompt). Both
+paths sample at temperature 0.7, top_p 1, up to 16 new tokens, 32 prompts per ``generate`` call
+(``sampling.prompts_per_batch``'s default), with the same seed: they draw from the same
+distribution (``tests/test_sampling.py``). Per path: the total time; the prefill time, which is the
+model's forward calls on more than one token per row (each prompt K times in HF's path; all but the
+last prompt token, once, in larpo's), timed by forward hooks; decode = total − prefill (forward
+calls on one token per row, and ``generate``'s own work). Tokens are generated tokens up to and
+including EOS. One warm-up call on two prompts per path, then the median of ``--repeats``,
+the two paths' repeats interleaved. A vLLM row appears only when ``import vllm`` works and CUDA is
+available.
 """
 
 from __future__ import annotations
@@ -28,50 +28,84 @@ import argparse
 import random
 import sys
 import tempfile
+import time
 
 import torch
 
 import common
-from larpo.sampling import generate
+from larpo.config import TaskConfig
+from larpo.encoding import encode_prompt, pad_id
+from larpo.models import load_policy
+from larpo.sampling import _left_pad, generate, split_at_eos
+from larpo.tasks import build_task
 
-SMOKE = {"prompts": 4, "max_new_tokens": 8, "repeats": 1, "sizes": "tiny", "words": 256}
+SMOKE = {"model": "tiny", "prompts": 4, "max_new_tokens": 8, "repeats": 1}
+QUICK = {"prompts": 16, "repeats": 1}
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--prompts", type=int, default=32)
-    p.add_argument("--prompt-tokens", type=int, nargs=2, default=(16, 48), metavar=("LO", "HI"))
-    p.add_argument("--max-new-tokens", type=int, default=32)
-    p.add_argument("--ks", default="2,10,32", help="comma-separated K values")
-    p.add_argument("--sizes", default="tiny,20M", help=f"comma-separated, from {', '.join(common.MODEL_SIZES)}")
+    p.add_argument("--model", default=common.SMOLLM2_DIR, help="a policy directory with a chat template "
+                   "(default: %(default)s), or 'tiny': a random model with the word tokenizer")
+    p.add_argument("--prompts", type=int, default=64)
+    p.add_argument("--ks", default="8", help="comma-separated K values")
+    p.add_argument("--max-new-tokens", type=int, default=16)
+    p.add_argument("--temperature", type=float, default=0.7)
     p.add_argument("--batch-prompts", type=int, default=32, help="prompts per model.generate call (larpo's default)")
-    p.add_argument("--words", type=int, default=4096)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
-    p.add_argument("--smoke", action="store_true", help=f"shrink everything: {SMOKE}; explicit flags still win")
+    p.add_argument("--quick", action="store_true", help=f"{QUICK}; explicit flags still win")
+    p.add_argument("--smoke", action="store_true", help=f"{SMOKE}; explicit flags still win")
     a = p.parse_args(argv)
-    if a.smoke:
-        given = " ".join(argv if argv is not None else sys.argv[1:])
-        for key, value in SMOKE.items():
-            if f"--{key.replace('_', '-')}" not in given:
+    given = " ".join(argv if argv is not None else sys.argv[1:])
+    for preset, on in ((SMOKE, a.smoke), (QUICK, a.quick)):
+        for key, value in preset.items():
+            if on and f"--{key.replace('_', '-')}" not in given:
                 setattr(a, key, value)
     return a
 
 
-def count_tokens(responses: list[list[str]], max_new: int) -> int:
-    return sum(min(len(r.split()) + 1, max_new) for group in responses for r in group)
+@torch.no_grad()
+def k_copies(model, tokenizer, prompts, k, temperature, max_new_tokens, batch_size, seed):
+    """HF ``generate`` with ``num_return_sequences=k`` on left-padded prompts: larpo's sampling before it prefilled once."""
+    pad, responses = pad_id(tokenizer), []
+    with torch.random.fork_rng(devices=[] if model.device.type == "cpu" else [model.device], device_type=model.device.type):
+        torch.manual_seed(seed)
+        for start in range(0, len(prompts), batch_size):
+            input_ids, attention_mask = _left_pad([encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]], pad)
+            out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
+                                 max_new_tokens=max_new_tokens, num_return_sequences=k, do_sample=True,
+                                 temperature=temperature, top_p=1.0, top_k=0, eos_token_id=tokenizer.eos_token_id,
+                                 pad_token_id=pad)
+            samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
+            responses.extend(samples[i : i + k] for i in range(0, len(samples), k))
+    return responses
 
 
-def timed(fn, repeats: int) -> tuple[float, int]:
-    """(median seconds, tokens of the last run) of ``fn()`` after one warm-up call."""
-    fn()
-    times, tokens = [], 0
-    for _ in range(repeats):
-        with common.Timer() as t:
-            tokens = fn()
-        times.append(t.s)
-    return common.median(times), tokens
+class PrefillClock:
+    """Seconds spent in the model's forward calls on more than one token per row (the prefill)."""
+
+    def __init__(self, model):
+        self.seconds, self.start = 0.0, None
+        self.handles = [model.register_forward_pre_hook(self.before, with_kwargs=True),
+                        model.register_forward_hook(self.after, with_kwargs=True)]
+
+    def before(self, module, args, kwargs):
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is not None and ids.shape[1] > 1:
+            common.sync()
+            self.start = time.perf_counter()
+
+    def after(self, module, args, kwargs, output):
+        if self.start is not None:
+            common.sync()
+            self.seconds += time.perf_counter() - self.start
+            self.start = None
+
+
+def tokens(groups) -> int:
+    return sum(len(s.ids) + s.finished for group in groups for s in group)
 
 
 def vllm_status() -> str | None:
@@ -88,22 +122,40 @@ def vllm_tokens_per_s(model, tok, prompts: list[str], k: int, a) -> float:
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from larpo.encoding import encode_prompt
     from larpo.models import save_policy
 
     with tempfile.TemporaryDirectory() as tmp:
         save_policy(model, tok, tmp)
         llm = LLM(model=tmp, dtype="bfloat16", seed=a.seed, gpu_memory_utilization=0.3)
-        params = SamplingParams(n=k, temperature=1.0, top_p=1.0, max_tokens=a.max_new_tokens, seed=a.seed)
+        params = SamplingParams(n=k, temperature=a.temperature, top_p=1.0, max_tokens=a.max_new_tokens, seed=a.seed)
         inputs = [TokensPrompt(prompt_token_ids=encode_prompt(tok, p)) for p in prompts]
 
         def run() -> int:
             outs = llm.generate(inputs, params, use_tqdm=False)
             return sum(len(c.token_ids) for o in outs for c in o.outputs)
 
-        seconds, tokens = timed(run, a.repeats)
+        run()
+        times, n = [], 0
+        for _ in range(a.repeats):
+            with common.Timer() as t:
+                n = run()
+            times.append(t.s)
         del llm
-    return tokens / seconds
+    return n / common.median(times)
+
+
+def load(a, tmp: str):
+    """The model, its tokenizer and the prompts."""
+    if a.model == "tiny":
+        tok = common.word_tokenizer(common.SHAPES["tiny"].vocab - 3, tmp)
+        rng = random.Random(a.seed)
+        return common.build_model(tok, common.SHAPES["tiny"], a.seed), tok, [common.words(rng, 4096, 16, 48) for _ in range(a.prompts)]
+    directory = common.ROOT / a.model if not a.model.startswith("/") else a.model
+    if not (directory / "config.json").is_file():
+        raise SystemExit(f"{directory}: no model there; run `bash scripts/fetch-smollm2.sh` first (or pass --model)")
+    model, tok = load_policy(directory)
+    examples = build_task(TaskConfig(name="chat_arithmetic")).eval_examples()[: a.prompts]
+    return model, tok, [e.prompt for e in examples]
 
 
 def main() -> int:
@@ -112,47 +164,54 @@ def main() -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     dev = common.device()
-    rng = random.Random(a.seed)
-    prompts = [common.words(rng, a.words, *a.prompt_tokens) for _ in range(a.prompts)]
-    ks = [int(k) for k in a.ks.split(",")]
-    no_vllm = vllm_status()
-    rows, models = [], []
     with tempfile.TemporaryDirectory() as tmp:
-        tok = common.word_tokenizer(a.words, tmp)
-        for size in a.sizes.split(","):
-            hidden, layers = common.MODEL_SIZES[size]
-            model = common.build_model(tok, hidden, layers, a.seed).to(dev)
-            if dev.type == "cuda":
-                model = model.to(torch.bfloat16)
-            models.append(f"{size}: {common.describe_model(model)}")
-            for k in ks:
-                def batched() -> int:
-                    out = generate(model, tok, prompts, k, 1.0, a.max_new_tokens, batch_size=a.batch_prompts, seed=a.seed)
-                    return count_tokens(out, a.max_new_tokens)
-
-                def one_at_a_time() -> int:
-                    out = [g for i, p in enumerate(prompts)
-                           for g in generate(model, tok, [p], k, 1.0, a.max_new_tokens, batch_size=1, seed=a.seed + i)]
-                    return count_tokens(out, a.max_new_tokens)
-
-                t_b, n_b = timed(batched, a.repeats)
-                t_1, n_1 = timed(one_at_a_time, a.repeats)
-                row = [size, k, a.prompts * k, f"{n_b / t_b:.0f}", f"{n_1 / t_1:.0f}", f"{(n_b / t_b) / (n_1 / t_1):.2f}x"]
-                if no_vllm is None:
-                    row.append(f"{vllm_tokens_per_s(model, tok, prompts, k, a):.0f}")
-                rows.append(row)
-                print(f"  {size} K={k}: batched {t_b:.2f} s, one at a time {t_1:.2f} s", file=sys.stderr, flush=True)
-            del model
-    head = ["model", "K", "samples", "batched tok/s", "one prompt at a time tok/s", "batched / one-at-a-time"]
-    if no_vllm is None:
-        head.append("vLLM tok/s")
-    print(f"\nMachine: {common.machine()}\nModels: " + "; ".join(models))
-    print(f"{a.prompts} prompts of {a.prompt_tokens[0]}-{a.prompt_tokens[1]} tokens, up to {a.max_new_tokens} new "
-          f"tokens, temperature 1, {a.batch_prompts} prompts per generate call, "
+        model, tok, prompts = load(a, tmp)
+        model = model.to(dev).eval()
+        if dev.type == "cuda":
+            model = model.to(torch.bfloat16)
+        lengths = [len(encode_prompt(tok, p)) for p in prompts]
+        paths = {
+            "HF generate, K copies of each prompt (before)": k_copies,
+            "larpo.sampling.generate, prefilled once": lambda m, t, p, k, temp, new, b, s: generate(m, t, p, k, temp, new, batch_size=b, seed=s),
+        }
+        no_vllm = vllm_status()
+        rows, speedups = [], {}
+        for k in (int(x) for x in a.ks.split(",")):
+            clock = PrefillClock(model)
+            runs: dict[str, dict] = {name: {"total": [], "prefill": []} for name in paths}
+            for fn in paths.values():
+                fn(model, tok, prompts[:2], k, a.temperature, a.max_new_tokens, a.batch_prompts, a.seed)  # warm-up
+            for _ in range(a.repeats):
+                for name, fn in paths.items():
+                    clock.seconds = 0.0
+                    with common.Timer() as t:
+                        out = fn(model, tok, prompts, k, a.temperature, a.max_new_tokens, a.batch_prompts, a.seed)
+                    runs[name]["total"].append(t.s), runs[name]["prefill"].append(clock.seconds)
+                    runs[name]["tokens"] = tokens(out)
+            for handle in clock.handles:
+                handle.remove()
+            speed = {}
+            for name, r in runs.items():
+                total, prefill = common.median(r["total"]), common.median(r["prefill"])
+                speed[name] = r["tokens"] / total
+                rows.append([name, k, len(prompts) * k, r["tokens"], f"{total:.2f}", f"{prefill:.2f}", f"{total - prefill:.2f}",
+                             f"{speed[name]:.1f}", f"{speed[name] / next(iter(speed.values())):.2f}x"])
+            speedups[k] = speed[list(paths)[1]] / speed[list(paths)[0]]
+            if no_vllm is None:
+                rows.append(["vLLM", k, len(prompts) * k, "", "", "", "", f"{vllm_tokens_per_s(model, tok, prompts, k, a):.1f}", ""])
+            print(f"  K={k}: " + ", ".join(f"{n}: {common.median(r['total']):.1f} s" for n, r in runs.items()),
+                  file=sys.stderr, flush=True)
+        described = common.describe_model(model)
+    print(f"\nMachine: {common.machine()}\nModel: {a.model}: {described}")
+    print(f"{len(prompts)} prompts of {min(lengths)}-{max(lengths)} tokens (mean {sum(lengths) / len(lengths):.1f}), up to "
+          f"{a.max_new_tokens} new tokens, temperature {a.temperature}, {a.batch_prompts} prompts per generate call, "
           f"{'bf16' if dev.type == 'cuda' else 'fp32'} on {dev.type}, median of {a.repeats}\n")
-    print(common.table(head, rows))
+    print(common.table(["path", "K", "samples", "tokens", "total s", "prefill s", "decode s", "tok/s", "/ before"], rows))
     if no_vllm is not None:
-        print(f"\nvLLM column skipped: vllm {no_vllm}.")
+        print(f"\nvLLM row skipped: vllm {no_vllm}.")
+    for k, ratio in speedups.items():
+        verdict = "met" if round(ratio, 2) >= 2.0 else "missed"
+        print(f"\nPrefilled once / K copies at K={k}: {ratio:.2f}x tokens/s" + (f" (target >= 2x at K=8: {verdict})" if k == 8 else ""))
     return 0
 
 

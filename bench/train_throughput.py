@@ -1,21 +1,30 @@
 """Training throughput: larpo's ``train_phase`` against TRL's ``DPOTrainer``, and larpo on longer lists.
 
-Run from the repository root (needs the ``bench`` extra: trl, datasets):
+Run from the repository root with the ``bench`` extra (trl, datasets); ``bash scripts/bench.sh``
+installs it and runs this script and ``sample_throughput.py`` in one go:
 
     .venv/bin/python bench/train_throughput.py            # the full run (see docs/performance.md)
-    .venv/bin/python bench/train_throughput.py --smoke    # everything shrunk: about 1 minute
+    .venv/bin/python bench/train_throughput.py --quick    # table 1 only, 1 step of 8 pairs, 1 repeat
+    .venv/bin/python bench/train_throughput.py --smoke    # every table, models shrunk: plumbing only
 
-Each configuration of table 1 runs in a fresh subprocess (``--worker NAME``), so its peak RSS is its
-own; tables 2 and 3 run in one subprocess each, their configurations' repeats interleaved. Per
-configuration: one warm-up optimizer step on a throwaway model, then ``--repeats`` timed phases,
-each on a fresh model built from the same seed; medians are reported. Tables:
+Each configuration of table 1 runs in a fresh subprocess (``--worker MODEL/SETTING``), so its peak
+RSS (``ru_maxrss``, warm-up included) is its own; tables 2 and 3 run in one subprocess each, their
+configurations' repeats interleaved. Per configuration: one warm-up optimizer step on two pairs
+and a throwaway model, then ``--repeats`` timed phases, each on a fresh model built from the same
+seed; medians are reported. After timing, each worker measures the machine's matmul peak
+(``common.matmul_peak``) with the same threads. Tables:
 
-1. larpo vs TRL on the same pairs, model, batch, lr and dtype (fp32 on CPU, bf16 autocast on CUDA),
-   one epoch. larpo's phase = ``reference_logps`` (timed alone) + ``train_phase(ref_logps=…)``,
-   exactly the work ``train_phase`` does when it computes the reference itself. TRL's phase =
-   its reference precompute (when on, timed inside the constructor) + ``trainer.train()``.
-2. larpo on lists of m = 2, 4, 10 with the same number of responses per optimizer step.
-3. The one-prompt-pass gain: ``shared_prompt`` True vs False at m = 4, prompt 2× and 1× the response.
+1. Per model of ``--models`` (the 20M model; SmolLM2-135M-Instruct's shape and 49,152-id
+   vocabulary, its weights when ``models/SmolLM2-135M-Instruct`` exists): larpo (shared prompt;
+   one sequence per response, the equal-algorithm row; shared prompt with activation
+   checkpointing) against TRL (as shipped; without checkpointing; without checkpointing and with
+   precomputed reference log-probs) on the same pairs, batch, lr, dtype and threads. larpo's phase
+   = ``reference_logps`` + ``train_phase(ref_logps=…)`` on already encoded lists (no tokenisation
+   is timed, for either trainer). TRL's phase = its reference precompute (when on) + ``train()``.
+   Model FLOP/s and MFU use ``common.forward_flops`` (3 × forward for training + 1 × forward for
+   the reference pass, per the algorithm each row runs).
+2. larpo on lists of m = 2, 4, 10 with the same number of responses per optimizer step (20M).
+3. The one-prompt-pass gain: ``shared_prompt`` True vs False at m = 4, prompt 2× and 1× the response (20M).
 4. Padding in micro-batches before and after ``train_phase``'s length grouping (no model involved).
 """
 
@@ -29,55 +38,70 @@ import tempfile
 import torch
 
 import common
-from larpo.config import TrainConfig
+from larpo.config import ModelConfig, TrainConfig
 from larpo.encoding import encode_prompt, encode_response
 from larpo.lists import RankedList
 from larpo.logprobs import collate_lists, collate_pairs
+from larpo.models import prepare_policy
 from larpo.trainer import encode_lists, list_tokens, make_accelerator, reference_logps, train_phase
 
 BETA = 0.1
-TRL_SETTINGS = {  # name -> (gradient_checkpointing (None: TRL's default, True), precompute_ref_log_probs)
-    "trl-shipped": (None, False),
-    "trl-nogc": (False, False),
-    "trl-precompute": (False, True),
+LARPO_SETTINGS = {  # name -> (shared_prompt, activation checkpointing, label)
+    "larpo-shared": (True, False, "shared_prompt=True"),
+    "larpo-unshared": (False, False, "shared_prompt=False (equal algorithm)"),
+    "larpo-shared-ckpt": (True, True, "shared_prompt=True + gradient_checkpointing"),
+}
+TRL_SETTINGS = {  # name -> (gradient_checkpointing (None: TRL's default, True), precompute_ref_log_probs, label)
+    "trl-shipped": (None, False, "as shipped (grad ckpt on)"),
+    "trl-nogc": (False, False, "gradient_checkpointing=False"),
+    "trl-precompute": (False, True, "no grad ckpt + precompute_ref_log_probs"),
 }
 LIST_SIZES = (2, 4, 10)
-SMOKE = ("--pairs", "16", "--batch", "8", "--micro", "2", "--hidden", "64", "--layers", "1", "--words", "256",
-         "--repeats", "1", "--list-steps", "1", "--responses-per-step", "20")
+PROMPT_TOKENS, RESPONSE_TOKENS = (48, 96), (16, 128)  # table 1 and 2 lengths (response EOS included)
 GAIN_RESPONSE = 64  # response tokens (EOS included) in table 3; prompts are 2× or 1× this
+WARMUP_PAIRS = 2
+SMOKE = ("--batch", "4", "--micro", "2", "--steps", "1", "--smollm2-steps", "1", "--repeats", "1",
+         "--list-steps", "1", "--responses-per-step", "20")
+QUICK = ("--tables", "1", "--batch", "8", "--micro", "4", "--steps", "1", "--smollm2-steps", "1", "--repeats", "1")
 
 
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--pairs", type=int, default=256, help="preference pairs in table 1")
+    p.add_argument("--models", default="20M,smollm2", help="table 1 models, from: 20M, smollm2, tiny")
     p.add_argument("--batch", type=int, default=16, help="pairs (lists) per optimizer step in table 1")
-    p.add_argument("--hidden", type=int, default=512)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--words", type=int, default=4096, help="vocabulary: w0 .. w{N-1}")
+    p.add_argument("--micro", type=int, default=4, help="larpo's lists per micro-batch in table 1 and the padding line")
+    p.add_argument("--steps", type=int, default=4, help="table 1, 20M/tiny: optimizer steps timed (pairs = steps x batch)")
+    p.add_argument("--smollm2-steps", type=int, default=2, help="table 1, SmolLM2: optimizer steps timed")
     p.add_argument("--lr", type=float, default=5e-6)
     p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--steps", type=int, default=None, help="table 1: time only the first N steps (default: the whole epoch)")
     p.add_argument("--list-steps", type=int, default=5, help="tables 2-3: optimizer steps per timed phase")
     p.add_argument("--responses-per-step", type=int, default=40, help="tables 2-3: responses per optimizer step")
-    p.add_argument("--micro", type=int, default=4, help="table 4: lists per micro-batch (< --batch)")
     p.add_argument("--tables", default="1234", help="which tables to run, e.g. 13")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's choice)")
-    p.add_argument("--smoke", action="store_true", help="shrink everything (" + " ".join(SMOKE) + "); "
-                   "flags given explicitly still win")
+    p.add_argument("--quick", action="store_true", help="about 8 minutes on 2 cores: " + " ".join(QUICK))
+    p.add_argument("--smoke", action="store_true", help="shrink the models to one layer of hidden 64 and everything "
+                   "else to " + " ".join(SMOKE) + "; flags given explicitly still win")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
-    if a.smoke:
-        given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:])}
-        for flag, value in zip(SMOKE[::2], SMOKE[1::2]):
-            if flag not in given:
-                setattr(a, flag[2:].replace("-", "_"), type(getattr(a, flag[2:].replace("-", "_")))(value))
+    given = {x.split("=")[0] for x in (argv if argv is not None else sys.argv[1:])}
+    for preset, on in ((SMOKE, a.smoke), (QUICK, a.quick)):
+        for flag, value in zip(preset[::2], preset[1::2]):
+            if on and flag not in given:
+                name = flag[2:].replace("-", "_")
+                setattr(a, name, type(getattr(a, name))(value))
+    if a.micro > a.batch:
+        p.error("--micro must be at most --batch")
     return a
 
 
-def pair_rows(a) -> list[dict]:
-    n = a.pairs if a.steps is None else min(a.pairs, a.steps * a.batch)
-    return common.make_lists(n, 2, (48, 96), (16, 128), a.words, a.seed)
+def shape(a, name: str) -> common.Shape:
+    return common.SHAPES[name].shrunk() if a.smoke else common.SHAPES[name]
+
+
+def pair_rows(a, model: str) -> list[dict]:
+    steps = a.smollm2_steps if model == "smollm2" else a.steps
+    return common.make_lists(steps * a.batch, 2, PROMPT_TOKENS, RESPONSE_TOKENS, shape(a, model).vocab - 3, a.seed)
 
 
 def ranked(rows: list[dict]) -> list[RankedList]:
@@ -88,26 +112,41 @@ def ranked(rows: list[dict]) -> list[RankedList]:
     return out
 
 
-def larpo_timing(a, tok, jobs: dict[str, tuple[list[dict], TrainConfig]]) -> dict[str, dict]:
-    """Per job (rows, config): a warm-up step, then ``repeats`` × (reference pass, training phase) on
-    fresh models, medians. Repeats are interleaved across jobs, so a load change on the machine
-    hits every job alike."""
+def phase_flops(config, rows: list[dict], shared: bool) -> float:
+    """Model FLOPs of a phase on ``rows``: the reference forward and the training step's forward + backward (3×)."""
+    lengths = [(len(r["prompt"].split()), [len(x.split()) + 1 for x in r["responses"]]) for r in rows]
+    return 4 * sum(common.forward_flops(config, p, rs, shared) for p, rs in lengths)
+
+
+def larpo_cfg(a, batch: int, micro: int, ref_batch: int, shared: bool, loss: str) -> TrainConfig:
+    return TrainConfig(loss=loss, beta=BETA, lr=a.lr, epochs=1, batch_size=batch, micro_batch_size=micro,
+                       ref_batch_size=ref_batch, warmup_ratio=0.0, shared_prompt=shared,
+                       mixed_precision="bf16" if torch.cuda.is_available() else "no")
+
+
+def larpo_timing(a, tok, model_shape: common.Shape, jobs: dict[str, tuple[list[dict], TrainConfig, bool]]) -> dict[str, dict]:
+    """Per job (rows, config, activation checkpointing): a warm-up step, then ``repeats`` × (reference pass,
+    training phase) on fresh models, medians. Repeats are interleaved across jobs, so a load change on the
+    machine hits every job alike. The lists are encoded before timing."""
     acc = make_accelerator(next(iter(jobs.values()))[1])  # mixed_precision is the same for all jobs
-    lists = {name: ranked(rows) for name, (rows, _) in jobs.items()}
-    for name, (_, cfg) in jobs.items():
-        model = common.build_model(tok, a.hidden, a.layers, a.seed)
-        train_phase(model, tok, lists[name][: cfg.batch_size], cfg, acc, progress=False)
-        del model
+    encoded = {name: encode_lists(tok, ranked(rows)) for name, (rows, _, _) in jobs.items()}
+
+    def fresh_model(checkpointing: bool):
+        model = common.build_model(tok, model_shape, a.seed)
+        return prepare_policy(model, ModelConfig(gradient_checkpointing=True)) if checkpointing else model
+
+    for name, (_, cfg, ckpt) in jobs.items():
+        train_phase(fresh_model(ckpt), tok, encoded[name][:WARMUP_PAIRS], cfg, acc, progress=False)
         gc.collect()
     times: dict[str, dict] = {name: {"ref": [], "train": [], "phase": []} for name in jobs}
     for _ in range(a.repeats):
-        for name, (_, cfg) in jobs.items():
-            model = common.build_model(tok, a.hidden, a.layers, a.seed).to(acc.device)
-            encoded = encode_lists(tok, lists[name])
+        for name, (_, cfg, ckpt) in jobs.items():
+            model = fresh_model(ckpt).to(acc.device)
             with common.Timer() as t_ref:
-                ref = reference_logps(model, encoded, tok.pad_token_id, cfg.ref_batch_size, acc, shared_prompt=cfg.shared_prompt)
+                ref = reference_logps(model, encoded[name], tok.pad_token_id, cfg.ref_batch_size, acc,
+                                      shared_prompt=cfg.shared_prompt)
             with common.Timer() as t_train:
-                result = train_phase(model, tok, lists[name], cfg, acc, seed=a.seed, ref_logps=ref, progress=False)
+                result = train_phase(model, tok, encoded[name], cfg, acc, seed=a.seed, ref_logps=ref, progress=False)
             t = times[name]
             t["steps"] = result.steps
             t["ref"].append(t_ref.s), t["train"].append(t_train.s), t["phase"].append(t_ref.s + t_train.s)
@@ -115,21 +154,15 @@ def larpo_timing(a, tok, jobs: dict[str, tuple[list[dict], TrainConfig]]) -> dic
             gc.collect()
     out = {}
     for name in jobs:
-        encoded = encode_lists(tok, lists[name])
         t = times[name]
         out[name] = {f"{k}_s": common.median(t[k]) for k in ("ref", "train", "phase")} | {
-            "steps": t["steps"], "lists": len(encoded), "responses": sum(len(e.response_ids) for e in encoded),
-            "tokens": sum(len(e.prompt_ids) + sum(map(len, e.response_ids)) for e in encoded)}
+            "steps": t["steps"], "lists": len(encoded[name]), "responses": sum(len(e.response_ids) for e in encoded[name]),
+            "tokens": sum(list_tokens(e) for e in encoded[name])}
     return out
 
 
-def larpo_cfg(a, batch: int, ref_batch: int, shared: bool, loss: str) -> TrainConfig:
-    return TrainConfig(loss=loss, beta=BETA, lr=a.lr, epochs=1, batch_size=batch, micro_batch_size=batch,
-                       ref_batch_size=ref_batch, warmup_ratio=0.0, shared_prompt=shared,
-                       mixed_precision="bf16" if torch.cuda.is_available() else "no")
-
-
-def trl_timing(a, tok, rows: list[dict], grad_ckpt: bool | None, precompute: bool, out_dir: str) -> dict:
+def trl_timing(a, tok, model_shape: common.Shape, rows: list[dict], grad_ckpt: bool | None, precompute: bool,
+               out_dir: str) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
@@ -151,8 +184,8 @@ def trl_timing(a, tok, rows: list[dict], grad_ckpt: bool | None, precompute: boo
                          per_device_train_batch_size=a.batch, num_train_epochs=1, max_steps=max_steps,
                          bf16=cuda, use_cpu=not cuda, precompute_ref_log_probs=precompute, report_to=[],
                          logging_strategy="no", save_strategy="no", disable_tqdm=True, seed=a.seed, **extra)
-        policy = common.build_model(tok, a.hidden, a.layers, a.seed)
-        ref = None if precompute else common.build_model(tok, a.hidden, a.layers, a.seed)  # precompute: TRL needs none
+        policy = common.build_model(tok, model_shape, a.seed)
+        ref = None if precompute else common.build_model(tok, model_shape, a.seed)  # precompute: TRL needs none
         return TimedDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(subset),
                                processing_class=tok)
 
@@ -161,7 +194,7 @@ def trl_timing(a, tok, rows: list[dict], grad_ckpt: bool | None, precompute: boo
                    and ds[i]["chosen_ids"] == encode_response(tok, r["chosen"])
                    and ds[i]["rejected_ids"] == encode_response(tok, r["rejected"]) for i, r in enumerate(data))
 
-    trainer(data[: a.batch], max_steps=1).train()  # warm-up step
+    trainer(data[:WARMUP_PAIRS], max_steps=1).train()  # warm-up step
     gc.collect()
     train_s, phase_s, ref_s, ids_match = [], [], [], None
     for _ in range(a.repeats):
@@ -183,41 +216,113 @@ def worker(a) -> dict:
     if a.threads:
         torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
-    name = a.worker
+    model = a.worker.split("/")[0] if "/" in a.worker else "20M"  # table 1: MODEL/SETTING; tables 2-3: the 20M model
+    model_shape = shape(a, model)
     with tempfile.TemporaryDirectory() as tmp:
-        tok = common.word_tokenizer(a.words, f"{tmp}/tok")
-        if name in TRL_SETTINGS:
-            res = trl_timing(a, tok, pair_rows(a), *TRL_SETTINGS[name], out_dir=f"{tmp}/trl")
-        elif name.startswith("larpo-"):
-            cfg = larpo_cfg(a, a.batch, 2 * a.batch, name == "larpo-shared", "pairwise")
-            res = larpo_timing(a, tok, {name: (pair_rows(a), cfg)})[name]
-        elif name == "lists":  # table 2, one process
-            jobs = {}
-            for m in LIST_SIZES:
-                per_step = a.responses_per_step // m
-                rows = common.make_lists(per_step * a.list_steps, m, (48, 96), (16, 128), a.words, a.seed + 1)
-                jobs[f"m{m}"] = (rows, larpo_cfg(a, per_step, a.responses_per_step, True, "lambdarank"))
-            res = larpo_timing(a, tok, jobs)
-        elif name == "gain":  # table 3, one process: prompt 2x and 1x the response, shared_prompt True and False
-            jobs, per_step = {}, a.responses_per_step // 4
-            for ratio in (2, 1):
-                p = ratio * GAIN_RESPONSE
-                rows = common.make_lists(per_step * a.list_steps, 4, (p, p), (GAIN_RESPONSE,) * 2, a.words, a.seed + 2)
-                for shared in (True, False):
-                    jobs[f"{ratio}-{shared}"] = (rows, larpo_cfg(a, per_step, a.responses_per_step, shared, "lambdarank"))
-            res = larpo_timing(a, tok, jobs)
+        tok = common.word_tokenizer(model_shape.vocab - 3, f"{tmp}/tok")
+        built = common.build_model(tok, model_shape, a.seed)  # described before timing, then freed
+        described, config = common.describe_model(built), built.config
+        del built
+        gc.collect()
+        if "/" in a.worker:
+            name = a.worker.split("/")[1]
+            rows = pair_rows(a, model)
+            if name in TRL_SETTINGS:
+                res = trl_timing(a, tok, model_shape, rows, *TRL_SETTINGS[name][:2], out_dir=f"{tmp}/trl")
+            else:
+                shared, ckpt, _ = LARPO_SETTINGS[name]
+                cfg = larpo_cfg(a, a.batch, a.micro, 2 * a.batch, shared, "pairwise")
+                res = larpo_timing(a, tok, model_shape, {name: (rows, cfg, ckpt)})[name]
+            res["flops"] = phase_flops(config, rows, name in ("larpo-shared", "larpo-shared-ckpt"))
         else:
-            raise SystemExit(f"unknown worker {name!r}")
-        res["model"] = common.describe_model(common.build_model(tok, a.hidden, a.layers, a.seed))
+            jobs = {}
+            if a.worker == "lists":  # table 2, one process
+                for m in LIST_SIZES:
+                    per_step = a.responses_per_step // m
+                    rows = common.make_lists(per_step * a.list_steps, m, PROMPT_TOKENS, RESPONSE_TOKENS,
+                                             model_shape.vocab - 3, a.seed + 1)
+                    jobs[f"m{m}"] = (rows, larpo_cfg(a, per_step, per_step, a.responses_per_step, True, "lambdarank"), False)
+            elif a.worker == "gain":  # table 3, one process: prompt 2x and 1x the response, shared_prompt True and False
+                per_step = a.responses_per_step // 4
+                for ratio in (2, 1):
+                    p = ratio * GAIN_RESPONSE
+                    rows = common.make_lists(per_step * a.list_steps, 4, (p, p), (GAIN_RESPONSE,) * 2,
+                                             model_shape.vocab - 3, a.seed + 2)
+                    for shared in (True, False):
+                        cfg = larpo_cfg(a, per_step, per_step, a.responses_per_step, shared, "lambdarank")
+                        jobs[f"{ratio}-{shared}"] = (rows, cfg, False)
+            else:
+                raise SystemExit(f"unknown worker {a.worker!r}")
+            res = larpo_timing(a, tok, model_shape, jobs)
+        res["model"] = described
     res.update(rss_mb=common.peak_rss_mb(), gpu_mb=common.peak_gpu_mb(), machine=common.machine())
+    res["peak_flops"] = common.matmul_peak()  # after the peak RSS is read: its matrices are not the configuration's
     return res
+
+
+def met(measured: float, target: float) -> str:
+    """A target is met only when the measured value, as printed (two decimals), reaches it."""
+    return "met" if round(measured, 2) >= target else "missed"
+
+
+def table_one(a, model: str, run) -> str:
+    """Table 1 for ``model`` and its lines against the targets."""
+    r = {n: run(f"{model}/{n}") for n in (*LARPO_SETTINGS, *TRL_SETTINGS)}
+    bad = [n for n in TRL_SETTINGS if not r[n]["ids_match"]]
+    if bad:
+        raise SystemExit(f"{model}: token ids differ between larpo and TRL in {bad}")
+    first = r["larpo-shared"]
+    pairs, tokens = first["lists"], first["tokens"]
+    speed = {n: pairs / v["phase_s"] for n, v in r.items()}
+    fastest = max(TRL_SETTINGS, key=speed.get)
+    gpu = first["gpu_mb"] is not None
+    head = ["trainer", "setting", "pairs/s", "tokens/s", "phase s", "ref s", "peak RSS MB", *(["peak GPU MB"] if gpu else []),
+            "matmul peak GFLOP/s", "model GFLOP/s", "MFU", "/ TRL as shipped", "/ TRL fastest"]
+    rows = []
+    for n, v in r.items():
+        larpo = n in LARPO_SETTINGS
+        achieved = v["flops"] / v["phase_s"]
+        rows.append(["larpo" if larpo else "TRL", (LARPO_SETTINGS if larpo else TRL_SETTINGS)[n][-1],
+                     f"{speed[n]:.2f}", f"{tokens / v['phase_s']:.0f}", f"{v['phase_s']:.2f}",
+                     "in step" if v["ref_s"] is None else f"{v['ref_s']:.2f}", f"{v['rss_mb']:.0f}",
+                     *([f"{v['gpu_mb']:.0f}"] if gpu else []), f"{v['peak_flops'] / 1e9:.0f}", f"{achieved / 1e9:.1f}",
+                     f"{achieved / v['peak_flops']:.2f}",
+                     f"{speed[n] / speed['trl-shipped']:.2f}x" if larpo else "",
+                     f"{speed[n] / speed[fastest]:.2f}x" if larpo else ""])
+    equal = speed["larpo-unshared"] / speed["trl-precompute"]
+    out = (f"### Table 1, {shape(a, model).name}: larpo vs TRL DPO ({pairs} pairs, {first['steps']} steps of {a.batch} pairs, "
+           f"larpo in micro-batches of {a.micro} lists, {tokens} prompt+chosen+rejected tokens, median of {a.repeats})\n\n"
+           f"Model: {first['model']}\n\n" + common.table(head, rows)
+           + f"\n\nTRL saw the same token ids as larpo on all {pairs} pairs (e.g. prompt end | chosen: "
+           f"{r['trl-shipped']['example_ids']}). 'ref' = larpo's reference_logps / TRL's precompute; TRL without "
+           f"precompute runs its reference model inside each step. TRL fastest = {TRL_SETTINGS[fastest][-1]}. "
+           f"Equal algorithm (one sequence per response, precomputed reference, no checkpointing): larpo "
+           f"shared_prompt=False / TRL no grad ckpt + precompute_ref_log_probs = {equal:.2f}x.")
+    ratio_shipped = speed["larpo-shared"] / speed["trl-shipped"]
+    ratio_fastest = speed["larpo-shared"] / speed[fastest]
+    lines = [["larpo >= 2.5x TRL as shipped (pairs/s)", f"{ratio_shipped:.2f}x ({speed['larpo-shared']:.2f} vs "
+              f"{speed['trl-shipped']:.2f} pairs/s)", met(ratio_shipped, 2.5)],
+             ["larpo >= 2x TRL at its fastest", f"{ratio_fastest:.2f}x (vs {TRL_SETTINGS[fastest][-1]}, "
+              f"{speed[fastest]:.2f} pairs/s)", met(ratio_fastest, 2.0)]]
+    for n in ("larpo-shared", "larpo-shared-ckpt"):  # memory, on a row that also keeps both speed targets
+        s, f = speed[n] / speed["trl-shipped"], speed[n] / speed[fastest]
+        keeps = round(r[n]["rss_mb"]) <= round(r["trl-shipped"]["rss_mb"]) and met(s, 2.5) == met(f, 2.0) == "met"
+        lines.append([f"peak RSS <= TRL as shipped, keeping both speed targets ({LARPO_SETTINGS[n][-1]})",
+                      f"{r[n]['rss_mb']:.0f} vs {r['trl-shipped']['rss_mb']:.0f} MB; {s:.2f}x / {f:.2f}x",
+                      "met" if keeps else "missed"])
+    mfu = first["flops"] / first["phase_s"] / first["peak_flops"]
+    if gpu and model == "smollm2":
+        lines.append(["MFU >= 0.40 in bf16 on a GPU (larpo shared)", f"{mfu:.2f}", met(mfu, 0.40)])
+    elif not gpu and model == "20M":
+        lines.append(["MFU >= 0.50 at 20M on CPU (larpo shared)", f"{mfu:.2f}", met(mfu, 0.50)])
+    return out + f"\n\n#### Against the targets ({shape(a, model).name})\n\n" + common.table(["target", "measured", ""], lines)
 
 
 def padding_line(a) -> str:
     """Padded fraction of micro-batch positions: the step's lists in shuffled order vs sorted by list_tokens."""
     with tempfile.TemporaryDirectory() as tmp:
-        tok = common.word_tokenizer(a.words, f"{tmp}/tok")
-        encoded = encode_lists(tok, ranked(pair_rows(a)))
+        tok = common.word_tokenizer(shape(a, "20M").vocab - 3, f"{tmp}/tok")
+        encoded = encode_lists(tok, ranked(pair_rows(a, "20M")))
     pad = tok.pad_token_id
     lengths = [list_tokens(el) for el in encoded]
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(a.seed * 1000)).tolist()  # as train_phase
@@ -237,8 +342,8 @@ def padding_line(a) -> str:
                 c[0] += int((b["attention_mask"] == 0).sum())
                 c[1] += b["attention_mask"].numel()
     f = {k: 100 * v[0] / v[1] for k, v in counts.items()}
-    return (f"Padding (table-1 pairs, {a.batch} lists/step, micro-batches of {a.micro}): shared-prompt layout "
-            f"{f['lists-shuffled']:.1f}% shuffled -> {f['lists-sorted']:.1f}% length-grouped; "
+    return (f"Padding (table-1 pairs of the 20M model, {a.batch} lists/step, micro-batches of {a.micro}): shared-prompt "
+            f"layout {f['lists-shuffled']:.1f}% shuffled -> {f['lists-sorted']:.1f}% length-grouped; "
             f"one-sequence-per-response layout {f['pairs-shuffled']:.1f}% -> {f['pairs-sorted']:.1f}%")
 
 
@@ -247,56 +352,33 @@ def main() -> int:
     if a.worker:
         common.emit(worker(a))
         return 0
-    if a.micro >= a.batch:
-        raise SystemExit("--micro must be smaller than --batch")
-    run = lambda name: common.run_worker(__file__, name, sys.argv[1:])  # noqa: E731
-    out, first = [], None
+    machines: list[str] = []
+
+    def run(name: str) -> dict:
+        res = common.run_worker(__file__, name, sys.argv[1:])
+        machines.append(res["machine"])
+        return res
+
+    out = []
     if "1" in a.tables:
-        r = {n: run(n) for n in ("larpo-shared", "larpo-unshared", *TRL_SETTINGS)}
-        first = r["larpo-shared"]
-        bad = [n for n in TRL_SETTINGS if not r[n]["ids_match"]]
-        if bad:
-            raise SystemExit(f"token ids differ between larpo and TRL in {bad}")
-        pairs, tokens, cands = first["lists"], first["tokens"], first["responses"]
-        gpu = first["gpu_mb"] is not None
-        head = ["trainer", "setting", "pairs/s", "tokens/s", "phase s", "ref s", "ref ms/cand", "train ms/cand",
-                "peak RSS MB", *(["peak GPU MB"] if gpu else []), "larpo(shared)/this", "larpo(unshared)/this"]
-        rows = []
-        labels = {"larpo-shared": "shared_prompt=True", "larpo-unshared": "shared_prompt=False",
-                  "trl-shipped": "as shipped (grad ckpt on)", "trl-nogc": "gradient_checkpointing=False",
-                  "trl-precompute": "no grad ckpt + precompute_ref_log_probs"}
-        for n, v in r.items():
-            speed = lambda x: pairs / x["phase_s"]  # noqa: E731
-            ref = "in step" if v["ref_s"] is None else f"{v['ref_s']:.2f}"
-            ref_c = "-" if v["ref_s"] is None else f"{1e3 * v['ref_s'] / cands:.2f}"
-            ratio = [f"{speed(r[k]) / speed(v):.2f}x" if n.startswith("trl") else "" for k in ("larpo-shared", "larpo-unshared")]
-            rows.append(["larpo" if n.startswith("larpo") else "TRL", labels[n], f"{speed(v):.1f}",
-                         f"{tokens / v['phase_s']:.0f}", f"{v['phase_s']:.2f}", ref, ref_c,
-                         f"{1e3 * v['train_s'] / cands:.2f}", f"{v['rss_mb']:.0f}",
-                         *([f"{v['gpu_mb']:.0f}"] if gpu else []), *ratio])
-        out.append(f"### Table 1: larpo vs TRL DPO ({pairs} pairs, {first['steps']} steps of {a.batch} pairs, "
-                   f"{tokens} prompt+chosen+rejected tokens, median of {a.repeats})\n\n" + common.table(head, rows)
-                   + f"\n\nTRL saw the same token ids as larpo on all {pairs} pairs (e.g. prompt end | chosen: "
-                   f"{r['trl-shipped']['example_ids']}). 'ref' = larpo's reference_logps / TRL's precompute; "
-                   "TRL without precompute runs its reference model inside each step.")
+        for model in a.models.split(","):
+            out.append(table_one(a, model, run))
     if "2" in a.tables:
         res = run("lists")
-        first = first or res
         r = {m: res[f"m{m}"] for m in LIST_SIZES}
         per_resp = {m: v["train_s"] / v["responses"] for m, v in r.items()}
         rows = [[m, v["lists"] // v["steps"], v["responses"] // v["steps"], f"{v['train_s'] / v['steps']:.3f}",
                  f"{1e3 * v['train_s'] / v['lists']:.1f}", f"{1e3 * per_resp[m]:.2f}",
                  f"{1e3 * v['ref_s'] / v['responses']:.2f}"] for m, v in r.items()]
-        out.append(f"### Table 2: larpo on lists of m responses ({a.responses_per_step} responses/step, "
-                   f"{a.list_steps} steps, prompts 48-96, responses 16-128 tokens, shared_prompt=True, "
-                   f"median of {a.repeats})\n\n"
+        out.append(f"### Table 2: larpo on lists of m responses ({shape(a, '20M').name}, {a.responses_per_step} "
+                   f"responses/step in one micro-batch, {a.list_steps} steps, prompts 48-96, responses 16-128 tokens, "
+                   f"shared_prompt=True, median of {a.repeats})\n\n"
                    + common.table(["m", "lists/step", "responses/step", "train s/step", "train ms/list",
                                    "train ms/response", "ref ms/response"], rows)
                    + f"\n\nTime per response, m={LIST_SIZES[-1]} / m={LIST_SIZES[0]}: "
                    f"{per_resp[LIST_SIZES[-1]] / per_resp[LIST_SIZES[0]]:.2f} (target <= 1.1)")
     if "3" in a.tables:
         res = run("gain")
-        first = first or res
         rows, gains = [], {}
         for ratio in (2, 1):
             s, u = res[f"{ratio}-True"], res[f"{ratio}-False"]
@@ -304,16 +386,16 @@ def main() -> int:
             rows.append([f"{ratio * GAIN_RESPONSE}:{GAIN_RESPONSE}", f"{s['train_s'] / s['steps']:.3f}",
                          f"{u['train_s'] / u['steps']:.3f}", f"{gains[ratio]:.2f}x",
                          f"{s['ref_s'] / s['steps']:.3f}"])
-        out.append(f"### Table 3: one prompt pass per list (m=4, {a.responses_per_step // 4} lists/step, "
-                   f"{a.list_steps} steps, median of {a.repeats})\n\n"
+        out.append(f"### Table 3: one prompt pass per list ({shape(a, '20M').name}, m=4, {a.responses_per_step // 4} "
+                   f"lists/step, {a.list_steps} steps, median of {a.repeats})\n\n"
                    + common.table(["prompt:response tokens", "shared s/step", "unshared s/step", "gain",
                                    "shared ref s/step"], rows)
                    + f"\n\nGain at 2:1 (training steps; the reference pass shares prompts too, see table 1): "
                    f"{gains[2]:.2f}x (target >= 1.5x)")
     if "4" in a.tables:
         out.append(padding_line(a))
-    if first:
-        print(f"\nMachine: {first['machine']}\nModel: {first['model']}\n")
+    if machines:
+        print(f"\nMachine: {machines[0]}\n")
     print("\n\n".join(out))
     return 0
 

@@ -1,10 +1,14 @@
-"""sequence_logps: response tokens only, independent of padding and batch composition."""
+"""sequence_logps and shared_prompt_logps: response tokens only, independent of padding and batch
+composition, exact with a chunked LM head and under activation checkpointing."""
 
 import random
 
+import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from larpo import logprobs
 from larpo.logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 
 
@@ -111,3 +115,136 @@ def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients(
     (weights * repeated).sum().backward()
     for (name, p), q in zip(shared_model.named_parameters(), repeated_model.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def full_logits_logps(model, pairs):
+    """The plain computation: every position's logits [N, L, V], log-softmax, response positions summed."""
+    batch = collate_pairs(pairs, pad_id=0)
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, :-1]
+    token_logps = torch.log_softmax(logits.float(), dim=-1).gather(-1, batch["input_ids"][:, 1:, None]).squeeze(-1)
+    return (token_logps * batch["response_mask"][:, 1:]).sum(dim=1)
+
+
+def assert_same_values_and_gradients(model_a, logps_a, model_b, logps_b, weights):
+    torch.testing.assert_close(logps_a, logps_b, atol=1e-5, rtol=1e-5)
+    (weights * logps_a).sum().backward()
+    (weights * logps_b).sum().backward()
+    for (name, p), q in zip(model_a.named_parameters(), model_b.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_chunked_head_gives_the_full_logits_values_and_gradients(monkeypatch):
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * 40)  # 3 tokens per chunk: many chunks, a ragged last one
+    pairs = random_pairs(seed=11, n=7)
+    chunked, full = random_llama(seed=12).train(), random_llama(seed=12).train()
+    assert logprobs._plain_head(chunked) is chunked.lm_head
+    assert_same_values_and_gradients(chunked, sequence_logps(chunked, collate_pairs(pairs, pad_id=0)),
+                                     full, full_logits_logps(full, pairs), torch.randn(len(pairs)))
+
+
+def test_linear_logps_gradients_with_a_bias_match_finite_differences(monkeypatch):
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2 * 7)
+    g = torch.Generator().manual_seed(0)
+    hidden = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    weight = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
+    bias = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
+    targets = torch.tensor([0, 6, 3, 3, 1])
+    assert torch.autograd.gradcheck(lambda h, w, b: logprobs._LinearLogps.apply(h, w, b, targets), (hidden, weight, bias))
+
+
+class ScaledHead(torch.nn.Linear):
+    """A head that is not a plain nn.Linear (as a LoRA-wrapped head is not): log-probs come from its logits."""
+
+
+def test_a_head_that_is_not_a_plain_linear_gets_the_same_values_and_gradients():
+    lists = random_lists(seed=13, n=4)
+    plain, wrapped = random_llama(seed=14).train(), random_llama(seed=14).train()
+    head = ScaledHead(32, 40, bias=False)
+    head.weight = wrapped.lm_head.weight
+    wrapped.lm_head = head
+    assert logprobs._plain_head(wrapped) is None and logprobs._plain_head(plain) is not None
+    assert_same_values_and_gradients(plain, shared_prompt_logps(plain, collate_lists(lists, pad_id=0)),
+                                     wrapped, shared_prompt_logps(wrapped, collate_lists(lists, pad_id=0)),
+                                     torch.randn(sum(len(rs) for _, rs in lists)))
+
+
+class LargestVocabularyTensor(TorchDispatchMode):
+    """Records the most elements of any tensor an op allocates (views aside) whose last dimension is the vocabulary."""
+
+    def __init__(self, vocab: int):
+        super().__init__()
+        self.vocab, self.largest = vocab, 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in [] if func.is_view else out if isinstance(out, (tuple, list)) else [out]:
+            if isinstance(t, torch.Tensor) and t.dim() >= 2 and t.shape[-1] == self.vocab:
+                self.largest = max(self.largest, t.numel())
+        return out
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_no_logits_tensor_larger_than_a_chunk_exists_in_forward_or_backward(monkeypatch, shared):
+    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 4 * 40)
+    model = random_llama(seed=15).train()
+    lists = random_lists(seed=16, n=6)
+    with LargestVocabularyTensor(40) as seen:
+        if shared:
+            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
+        else:
+            logps = sequence_logps(model, collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id=0))
+        logps.sum().backward()
+    assert 0 < seen.largest <= 4 * 40  # the full logits would be [N, L, 40]
+
+
+def checkpointed(model):
+    """``model`` with activation checkpointing as larpo turns it on (``model.gradient_checkpointing: true``)."""
+    model.activation_checkpointing_enable()
+    return model
+
+
+def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(monkeypatch):
+    reads: dict[int, int] = {}
+    update = logprobs._SharedPromptCache.update
+
+    def counting_update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.readers is not None:
+            reads[layer_idx] = reads.get(layer_idx, 0) + 1
+        return update(self, key_states, value_states, layer_idx, *args, **kwargs)
+
+    monkeypatch.setattr(logprobs._SharedPromptCache, "update", counting_update)
+    lists = random_lists(seed=17, n=5)
+    flat = [(p, r) for p, rs in lists for r in rs]
+    shared_model, repeated_model = checkpointed(random_llama(seed=18).train()), random_llama(seed=18).train()
+    assert logprobs.can_share_prompt(shared_model)
+    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0))
+    assert reads == {0: 1, 1: 1}  # the response pass ran once, reading the prompts' cache
+    assert_same_values_and_gradients(shared_model, shared, repeated_model,
+                                     sequence_logps(repeated_model, collate_pairs(flat, pad_id=0)), torch.randn(len(flat)))
+    assert reads == {0: 2, 1: 2}  # ... and was replayed in backward, reading the same cache again
+    assert all(layer.gradient_checkpointing for layer in shared_model.model.layers)  # flags restored
+    assert not any("_can_checkpoint_with_cache" in vars(layer) for layer in shared_model.model.layers)
+    assert "forward" not in vars(shared_model.lm_head)
+
+
+def test_reentrant_checkpointing_cannot_share_the_prompt():
+    model = random_llama(seed=19).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
+    assert not logprobs.can_share_prompt(model)
+    with pytest.raises(ValueError, match="can_share_prompt"):
+        shared_prompt_logps(model, collate_lists(random_lists(seed=20, n=2), pad_id=0))
+    assert logprobs.can_share_prompt(random_llama(seed=19).train())
+
+
+def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32():
+    lists = random_lists(seed=21, n=4)
+    grads = []
+    for autocast in (False, True):
+        model = random_llama(seed=22).train()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
+            logps.sum().backward()
+        assert logps.dtype == torch.float32
+        grads.append((logps.detach(), model.lm_head.weight.grad, model.model.layers[0].mlp.up_proj.weight.grad))
+    for exact, rounded in zip(*grads):
+        assert (rounded - exact).abs().max() <= 2e-2 * exact.abs().max()

@@ -1,11 +1,15 @@
-"""Sampling K candidates per prompt: shapes, seeding, greedy decoding, EOS, batch invariance."""
+"""Sampling K candidates per prompt: shapes, seeding, greedy decoding, EOS, batch invariance, and the
+prompt prefilled once giving what ``generate`` with K copies of the prompt gives."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from scipy import stats
 
-from larpo.sampling import Sample, generate
+from larpo.encoding import encode_prompt
+from larpo.logprobs import collate_pairs, sequence_logps
+from larpo.sampling import Sample, _left_pad, generate, split_at_eos
 
 PROMPTS = ["1+2=", "123+456=", "98-7=", "5-999=", "0+0=", "77+1=", "4-4="]  # different lengths
 
@@ -97,3 +101,57 @@ def test_progress_bar_does_not_change_results(tiny_model, tiny_tokenizer):
     assert generate(tiny_model, tiny_tokenizer, PROMPTS, progress=True, **kwargs) == generate(
         tiny_model, tiny_tokenizer, PROMPTS, **kwargs
     )
+
+
+def generate_with_k_copies(model, tokenizer, prompts, k, seed, **decoding) -> list[Sample]:
+    """HF ``generate`` with ``num_return_sequences=k`` on the left-padded prompts: every prompt prefilled k times."""
+    input_ids, attention_mask = _left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        out = model.eval().generate(input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=k,
+                                    eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **decoding)
+    return [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1]:].tolist()]
+
+
+def test_greedy_output_is_generates_on_the_whole_prompt(peaked_model, tiny_tokenizer):
+    ours = generate(peaked_model, tiny_tokenizer, PROMPTS, k=1, temperature=0.0, max_new_tokens=12, batch_size=4)
+    theirs = generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS[:4], 1, 0, do_sample=False, max_new_tokens=12)
+    theirs += generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS[4:], 1, 0, do_sample=False, max_new_tokens=12)
+    assert [group[0] for group in ours] == theirs
+
+
+def test_first_tokens_are_drawn_from_the_models_distribution_as_generate_draws_them(peaked_model, tiny_tokenizer):
+    k, vocab = 300, len(tiny_tokenizer)
+    decoding = dict(temperature=1.0, top_p=1.0, max_new_tokens=1)
+    ours = generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, batch_size=4, **decoding)
+    theirs = generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS, k, seed=1, do_sample=True, top_k=0, **decoding)
+    eos = tiny_tokenizer.eos_token_id
+    for i, prompt in enumerate(PROMPTS):
+        ids = torch.tensor([encode_prompt(tiny_tokenizer, prompt)])
+        with torch.no_grad():
+            p = torch.softmax(peaked_model(input_ids=ids).logits[0, -1].double(), dim=-1)
+        counts = [torch.bincount(torch.tensor([s.ids[0] if s.ids else eos for s in samples]), minlength=vocab)
+                  for samples in (ours[i], theirs[i * k : (i + 1) * k])]
+        seen = (counts[0] + counts[1]) > 0
+        assert stats.chi2_contingency(torch.stack(counts)[:, seen].numpy()).pvalue > 1e-3, prompt
+        likely = p * k >= 5  # the chi-square test against the exact distribution, on tokens expected 5+ times
+        observed = torch.cat([counts[0][likely], counts[0][~likely].sum()[None]]).double()
+        expected = torch.cat([p[likely], p[~likely].sum()[None]]) * k
+        assert stats.chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3, prompt
+
+
+def test_samples_are_as_likely_as_generates(peaked_model, tiny_tokenizer):
+    k, eos = 40, tiny_tokenizer.eos_token_id
+    decoding = dict(temperature=0.7, top_p=0.9, max_new_tokens=6)
+    ours = [s for group in generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, **decoding) for s in group]
+    theirs = generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS, k, seed=1, do_sample=True, top_k=0, **decoding)
+    prompts = [encode_prompt(tiny_tokenizer, p) for p in PROMPTS for _ in range(k)]
+
+    def logps(samples):  # log π of each sampled continuation, its EOS included when it stopped
+        pairs = [(p, [*s.ids, eos] if s.finished else list(s.ids)) for p, s in zip(prompts, samples)]
+        with torch.no_grad():
+            return sequence_logps(peaked_model, collate_pairs(pairs, tiny_tokenizer.pad_token_id)).double()
+
+    a, b = logps(ours), logps(theirs)
+    standard_error = (a.var() / len(a) + b.var() / len(b)).sqrt()
+    assert abs(a.mean() - b.mean()) < 4 * standard_error

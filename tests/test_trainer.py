@@ -156,20 +156,33 @@ def test_shared_prompt_and_repeated_prompt_training_agree(tiny_tokenizer, tiny_m
     torch.testing.assert_close(torch.tensor(results[0]), torch.tensor(results[1]), atol=1e-5, rtol=1e-5)
 
 
-def test_activation_checkpointing_falls_back_to_repeated_prompts_with_the_same_losses(tiny_tokenizer, tiny_model_config):
+def test_activation_checkpointing_keeps_the_shared_prompt_with_the_same_losses(tiny_tokenizer, tiny_model_config, monkeypatch):
     import dataclasses
 
+    import larpo.trainer
     from larpo.models import build_tiny_model, prepare_policy
-    from larpo.trainer import _checkpointing
 
+    calls = {"shared": 0, "repeated": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(larpo.trainer, "shared_prompt_logps", counted("shared", larpo.trainer.shared_prompt_logps))
+    monkeypatch.setattr(larpo.trainer, "sequence_logps", counted("repeated", larpo.trainer.sequence_logps))
     lists = fixed_lists(6)
     cfg = phase_cfg(epochs=1, batch_size=3, micro_batch_size=3)
     plain = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=6)
     checkpointed = prepare_policy(copy.deepcopy(plain), dataclasses.replace(tiny_model_config, gradient_checkpointing=True))
-    assert _checkpointing(checkpointed) and not _checkpointing(plain)
+    assert checkpointed.is_activation_checkpointing and not plain.is_activation_checkpointing
     a = train_phase(plain, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     b = train_phase(checkpointed, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
+    assert calls == {"shared": 2 * (1 + 2), "repeated": 0}  # per phase: one reference batch, two steps; no fallback
+    for p, q in zip(plain.parameters(), checkpointed.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
 
 
 def _merged_token(tokenizer) -> tuple[str, list[int]]:

@@ -3,15 +3,30 @@
 Prompt and response ids are tokenised separately (``larpo.encoding``) and concatenated, each
 sequence right-padded, so positions start at 0 for every example and a response's log-prob does
 not depend on its neighbours in the batch.
+
+Log-probs are taken only at the positions that predict a response token. With a plain linear LM
+head they are computed inside the model's forward from the head's weight, a chunk of tokens at a
+time (:class:`_LinearLogps`): no [N, L, V] logits tensor exists, in forward or in backward. Any
+other head (e.g. LoRA on ``lm_head``, or a model that scales its logits after the head) gets its
+logits from the model and only the selected positions are kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
+
+# Logits per chunk of the LM head: rows x vocabulary float32 values (32 MB), e.g. 170 tokens at a
+# 49k vocabulary. Large enough for an efficient matmul, small beside the model's activations.
+CHUNK_ELEMENTS = 2**23
+# Config fields of models that transform the logits after the head (Gemma, Cohere, Granite, Falcon-H1 ...).
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
 
 
 def collate_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -40,15 +55,16 @@ def sequence_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Te
     """Sum of log π(y_t | x, y_<t) over response tokens only: a float32 tensor [N].
 
     ``batch`` is the output of :func:`collate_pairs` (tensors on the model's device). Log-probs
-    are taken as logit − logsumexp(logits) in float32, so a bf16 model loses no precision here and
-    no second [N, L, V] log-softmax tensor is kept.
+    are logit − logsumexp(logits) in float32, so a bf16 model loses no precision here. The last
+    column predicts nothing and is not run.
     """
     input_ids, response_mask = batch["input_ids"], batch["response_mask"]
-    logits = model(input_ids=input_ids, attention_mask=batch["attention_mask"], use_cache=False).logits
-    logits = logits[:, :-1].float()
-    targets = input_ids[:, 1:]
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (token_logps * response_mask[:, 1:]).sum(dim=1)
+    predicts = response_mask[:, 1:]  # position t predicts token t + 1
+    token_logps = _selected_logps(
+        model, lambda x: x[predicts], input_ids[:, 1:][predicts],
+        input_ids=input_ids[:, :-1], attention_mask=batch["attention_mask"][:, :-1], use_cache=False,
+    )
+    return _row_sums(token_logps, predicts)
 
 
 def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -78,43 +94,223 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
             "response_mask": response_mask, "owner": owner}
 
 
+def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`sequence_logps` with one prompt pass per list: a float32 tensor [N].
+
+    The B prompts run once and fill a key/value cache; the N responses then run on top of it,
+    each reading its own prompt's keys and values (gradients flow back through that gather into
+    the shared prompt pass). ``batch`` is the output of :func:`collate_lists`, on the model's
+    device. Costs B·P + N·(R − 1) token positions instead of N·(P + R).
+
+    Under activation checkpointing (see :func:`can_share_prompt`) the prompt pass keeps its
+    activations, since it writes the cache, and the response pass is checkpointed: it only reads
+    the cache, so replaying a layer in backward reads exactly what the first run read.
+    """
+    if not can_share_prompt(model):
+        raise ValueError("shared_prompt_logps: the model checkpoints activations in a way that cannot keep the prompt's "
+                         "cache (see can_share_prompt); use sequence_logps on repeated prompts")
+    prompt_mask, response_ids, response_mask, owner = (
+        batch["prompt_mask"], batch["response_ids"], batch["response_mask"], batch["owner"])
+    cache, cache_arg = _SharedPromptCache(), cache_argument(model)
+    checkpointed = _checkpointed_layers(model)
+    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    last_only = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
+    with _set_attributes(checkpointed, gradient_checkpointing=False):
+        # The prompt's last position predicts the first response token.
+        logps = _selected_logps(
+            model, lambda x: x[:, -1][owner], response_ids[:, 0],
+            input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_positions,
+            use_cache=True, **last_only, **{cache_arg: cache},
+        )
+    if response_ids.shape[1] == 1:
+        return logps
+    cache.readers = owner
+    predicts = response_mask[:, 1:]  # response position t predicts token t + 1
+    width = response_ids.shape[1] - 1
+    positions = prompt_mask.sum(dim=1)[owner, None] + torch.arange(width, device=owner.device)[None, :]
+    with _set_attributes(checkpointed, _can_checkpoint_with_cache=True):
+        rest = _selected_logps(
+            model, lambda x: x[predicts], response_ids[:, 1:][predicts],
+            input_ids=response_ids[:, :-1],
+            attention_mask=torch.cat([prompt_mask[owner], response_mask[:, :-1].long()], dim=1),
+            position_ids=positions, use_cache=False, **{cache_arg: cache},
+        )
+    return logps + _row_sums(rest, predicts)
+
+
+def can_share_prompt(model: nn.Module) -> bool:
+    """Whether :func:`shared_prompt_logps` is exact on ``model`` as it is set up.
+
+    Always without activation checkpointing. With it, only when every checkpointed layer is a
+    transformers ``GradientCheckpointingLayer`` that can keep a read-only cache (it has
+    ``_can_checkpoint_with_cache``, as in transformers 5.24) and checkpoints non-reentrantly (the
+    replayed layer reads the prompt's keys from the cache, outside its inputs: reentrant
+    checkpointing would send them no gradient). Otherwise prompts are repeated per response.
+    """
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    base = base_model(model)
+    on = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    if not on:
+        return True
+    layers = [m for m in on if isinstance(m, GradientCheckpointingLayer)]
+    return (hasattr(GradientCheckpointingLayer, "_can_checkpoint_with_cache") and bool(layers)
+            and all(getattr(m._gradient_checkpointing_func, "keywords", {}).get("use_reentrant") is False for m in layers))
+
+
 def base_model(model: nn.Module) -> nn.Module:
     """The transformers model inside a DDP wrapper (``.module``) and a peft wrapper (``get_base_model``)."""
     base = getattr(model, "module", model)
     return base.get_base_model() if hasattr(base, "get_base_model") else base
 
 
-def _cache_argument(model: nn.Module) -> str:
+def forward_accepts(model: nn.Module, argument: str) -> bool:
+    """Whether the forward of the transformers model inside ``model`` takes ``argument``."""
+    return argument in inspect.signature(base_model(model).forward).parameters
+
+
+def cache_argument(model: nn.Module) -> str:
     """The forward argument that takes a KV cache: ``cache`` in recent transformers, else ``past_key_values``."""
-    return "cache" if "cache" in inspect.signature(base_model(model).forward).parameters else "past_key_values"
+    return "cache" if forward_accepts(model, "cache") else "past_key_values"
 
 
-def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """:func:`sequence_logps` with one prompt pass per list: a float32 tensor [N].
+def _row_sums(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row sums [N] of ``values`` [M], the entries of the True positions of ``mask`` [N, L] in row-major order."""
+    return values.new_zeros(mask.shape).masked_scatter(mask, values).sum(dim=1)
 
-    The B prompts run once; their key/value cache is gathered to the N responses (gradients flow
-    back through the gather into the shared prompt pass), and the responses run on top of it.
-    ``batch`` is the output of :func:`collate_lists`, on the model's device. Costs
-    B·P + N·R token positions instead of N·(P + R).
+
+def _selected_logps(model: nn.Module, select: Callable[[torch.Tensor], torch.Tensor], targets: torch.Tensor,
+                    **inputs) -> torch.Tensor:
+    """log π(targets) at the positions ``select`` picks: a float32 tensor [M].
+
+    ``select`` maps the model's per-position output [B, L, ·] (hidden states for a plain linear
+    head, else logits) to the [M, ·] rows that predict ``targets`` [M]. ``inputs`` go to the
+    model's forward.
     """
-    prompt_mask, response_mask, owner = batch["prompt_mask"], batch["response_mask"], batch["owner"]
-    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
-    prompt_out = model(input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_positions,
-                       use_cache=True)
-    cache = getattr(prompt_out, "cache", None) or prompt_out.past_key_values
-    cache.batch_select_indices(owner)
-    prompt_lengths = prompt_mask.sum(dim=1)[owner]
-    width = response_mask.shape[1]
-    response_positions = prompt_lengths[:, None] + torch.arange(width, device=owner.device)[None, :]
-    response_out = model(
-        input_ids=batch["response_ids"],
-        attention_mask=torch.cat([prompt_mask[owner], response_mask.long()], dim=1),
-        position_ids=response_positions,
-        use_cache=False,
-        **{_cache_argument(model): cache},
-    )
-    # The prompt's last position predicts the first response token; response position t the next.
-    logits = torch.cat([prompt_out.logits[:, -1:][owner], response_out.logits[:, :-1]], dim=1).float()
-    targets = batch["response_ids"]
-    token_logps = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
-    return (token_logps * response_mask).sum(dim=1)
+    head = _plain_head(model)
+    if head is None:
+        logits = select(model(**inputs).logits).float()
+        return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
+
+    # Runs inside the model's forward, where a sharded (FSDP) head's weight is whole.
+    def logps(hidden: torch.Tensor) -> torch.Tensor:
+        return _LinearLogps.apply(select(hidden), head.weight, head.bias, targets)
+
+    with _set_attributes([head], forward=logps):
+        return model(**inputs).logits
+
+
+def _plain_head(model: nn.Module) -> nn.Linear | None:
+    """The LM head if log-probs may be computed from its weight: a plain ``nn.Linear`` whose logits the model uses as they are."""
+    base = base_model(model)
+    head = base.get_output_embeddings()
+    config = base.config.get_text_config()
+    if type(head) is not nn.Linear or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
+        return None
+    return head
+
+
+class _LinearLogps(torch.autograd.Function):
+    """log softmax(h Wᵀ + b)[target] for rows h [M, H]: float32 [M], in chunks of rows.
+
+    Each chunk's logits [rows, V] live only while the chunk is processed; backward recomputes
+    them (one extra head matmul) and turns them into the softmax in place. Saved for backward:
+    h, the targets and the logsumexp [M]. The matmuls run in the dtype the forward's head matmul
+    had (autocast's, e.g. bf16), softmax and sums in float32.
+    """
+
+    @staticmethod
+    def forward(ctx, hidden, weight, bias, targets):
+        rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        out, lse = [], []
+        ctx.dtype = hidden.dtype
+        for h, t in zip(hidden.split(rows), targets.split(rows)):
+            logits = F.linear(h, weight, bias)
+            ctx.dtype = logits.dtype
+            logits = _wide(logits)
+            lse.append(torch.logsumexp(logits, dim=-1))
+            out.append(logits.gather(-1, t[:, None]).squeeze(-1) - lse[-1])
+        ctx.rows = rows
+        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lse) if lse else _wide(hidden.new_zeros(0)))
+        return torch.cat(out) if out else _wide(hidden.new_zeros(0))
+
+    @staticmethod
+    def backward(ctx, grad):
+        hidden, weight, bias, targets, lse = ctx.saved_tensors
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        dtype, rows = ctx.dtype, ctx.rows
+        grad_h = torch.empty_like(hidden) if need_h else None
+        wide = _wide(weight.new_zeros(0)).dtype
+        grad_w = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if need_b else None
+        w = weight.to(dtype)
+        b = bias.to(dtype) if bias is not None else None
+        with torch.autocast(hidden.device.type, enabled=False):
+            for start in range(0, hidden.shape[0], rows):
+                end = start + rows
+                h, g, t = hidden[start:end].to(dtype), grad[start:end].to(lse.dtype), targets[start:end]
+                # d logp[t] / d logits = onehot(t) − softmax, times the incoming gradient
+                d = _wide(F.linear(h, w, b)).sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
+                d.scatter_add_(1, t[:, None], g[:, None])
+                if need_b:
+                    grad_b += d.sum(dim=0)
+                d = d.to(dtype)
+                if need_h:
+                    grad_h[start:end] = (d @ w).to(hidden.dtype)
+                if need_w and d.dtype == wide:
+                    grad_w.addmm_(d.t(), h)
+                elif need_w:  # a bf16 (autocast) matmul, summed in float32
+                    grad_w += d.t() @ h
+        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
+                grad_b.to(bias.dtype) if need_b else None, None)
+
+
+class _SharedPromptCache(DynamicCache):
+    """The prompts' keys and values: written by the prompt pass, then only read.
+
+    Once ``readers`` (owner [N]) is set, ``update`` returns each response's prompt keys/values
+    followed by the response's own, and stores nothing: a layer replayed in backward under
+    checkpointing sees the cache exactly as its first run did.
+    """
+
+    readers: torch.Tensor | None = None
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        if self.readers is None:
+            return super().update(key_states, value_states, layer_idx, *args, **kwargs)
+        layer = self.layers[layer_idx]
+        return (torch.cat([layer.keys[self.readers], key_states], dim=-2),
+                torch.cat([layer.values[self.readers], value_states], dim=-2))
+
+
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32, or as it is when it is already float32 or float64."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:
+    """The decoder layers that activation checkpointing replays (none when it is off)."""
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    return [m for m in base_model(model).modules()
+            if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False) is True]
+
+
+@contextlib.contextmanager
+def _set_attributes(objects: Sequence[object], **values):
+    """Inside the block, every object has the attributes ``values``; each object's own previous ones are restored after."""
+    saved = [(obj, name, obj.__dict__.get(name, _MISSING)) for obj in objects for name in values]
+    for obj in objects:
+        for name, value in values.items():
+            setattr(obj, name, value)
+    try:
+        yield
+    finally:
+        for obj, name, value in saved:
+            if value is _MISSING:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)
+
+
+_MISSING = object()

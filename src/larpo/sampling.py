@@ -2,9 +2,10 @@
 
 Prompts are encoded with :func:`larpo.encoding.encode_prompt` — the very ids that training
 scores — and left-padded into batches, so a prompt's continuation does not depend on which other
-prompts share its batch. Each sample keeps the token ids that were drawn and whether it ended
-with EOS, so training scores exactly what was sampled and teaches stopping only where the policy
-stopped.
+prompts share its batch. Each prompt's forward pass runs once, not K times: its key/value cache
+is copied to its K samples (:func:`_generate_k`). Each sample keeps the token ids that were drawn
+and whether it ended with EOS, so training scores exactly what was sampled and teaches stopping
+only where the policy stopped.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 
 import torch
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel, PreTrainedTokenizerBase
+from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .encoding import encode_prompt, pad_id
+from .logprobs import base_model, cache_argument, forward_accepts
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,35 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
     input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
     attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
     return input_ids, attention_mask
+
+
+def _generate_k(
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, **generate_kwargs
+) -> torch.Tensor:
+    """``model.generate`` with ``num_return_sequences=k``, each prompt's forward pass run once.
+
+    ``input_ids`` / ``attention_mask``: [b, T], left-padded. Returns [b·k, T + new] ids, the k
+    samples of a prompt adjacent. All but the last prompt token run through the model once, with
+    the positions ``generate`` would give them; the key/value cache is repeated k times and
+    ``generate`` continues from it on the k-times repeated ids, so its own prefill is the last
+    prompt token alone. Sampling itself is ``generate``'s, with the same random draws in the same
+    order as ``num_return_sequences=k``.
+    """
+    cached = {}
+    if input_ids.shape[1] > 1:
+        cache = DynamicCache(config=base_model(model).config)
+        mask = attention_mask[:, :-1]
+        model(
+            input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            use_cache=True, **({"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}),
+            **{cache_argument(model): cache},
+        )
+        cache.batch_repeat_interleave(k)
+        cached[cache_argument(model)] = cache
+    return model.generate(
+        input_ids=input_ids.repeat_interleave(k, dim=0), attention_mask=attention_mask.repeat_interleave(k, dim=0),
+        num_return_sequences=1, **cached, **generate_kwargs,
+    )
 
 
 @torch.no_grad()
@@ -85,14 +116,9 @@ def generate(
             for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
                 rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
                 input_ids, attention_mask = _left_pad(rows, pad)
-                out = model.generate(
-                    input_ids=input_ids.to(device),
-                    attention_mask=attention_mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    num_return_sequences=k,
-                    eos_token_id=tokenizer.eos_token_id,
-                    pad_token_id=pad,
-                    **decoding,
+                out = _generate_k(
+                    model, input_ids.to(device), attention_mask.to(device), k,
+                    max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **decoding,
                 )  # [b * k, T + new], the k samples of a prompt adjacent
                 samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
                 responses.extend(samples[i : i + k] for i in range(0, len(samples), k))

@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .encoding import encode_prompt, encode_response, pad_id
 from .io import append_jsonl
 from .lists import RankedList
-from .logprobs import base_model, collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
+from .logprobs import can_share_prompt, collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
 from .losses import get_loss
 from .models import save_policy
 from .parallel import gather_merged, my_share
@@ -165,23 +165,17 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
     return torch.stack([correct, ordered.sum().double(), diff.sum()])
 
 
-def _checkpointing(model: nn.Module) -> bool:
-    """Whether activation checkpointing is on; it turns the KV cache off, so prompts cannot be shared."""
-    base = base_model(model)
-    flag = getattr(type(base), "is_activation_checkpointing", None) or getattr(type(base), "is_gradient_checkpointing", None)
-    return bool(flag.__get__(base)) if isinstance(flag, property) else False
-
-
 def policy_logps(
     model: nn.Module, batch: Sequence[EncodedList], pad: int, device: torch.device, shared_prompt: bool
 ) -> torch.Tensor:
     """log π of every response of a micro-batch of lists, flat [Σ m], list by list.
 
     ``shared_prompt`` runs each list's prompt once and reuses its key/value cache for the m
-    responses (not under activation checkpointing, which turns the cache off); otherwise every
-    (prompt, response) pair is a sequence of its own.
+    responses, with or without activation checkpointing (:func:`larpo.logprobs.can_share_prompt`
+    says when it cannot, and then prompts are repeated); otherwise every (prompt, response) pair
+    is a sequence of its own.
     """
-    if shared_prompt and not _checkpointing(model):
+    if shared_prompt and can_share_prompt(model):
         inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad)
         return shared_prompt_logps(model, {k: v.to(device) for k, v in inputs.items()})
     inputs = collate_pairs(_flat_pairs(batch), pad)
