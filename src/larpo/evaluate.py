@@ -4,6 +4,7 @@ and the policy as a retriever with bootstrap intervals (:func:`retriever_eval`, 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -11,6 +12,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .encoding import encode_prompt, encode_response, length_limits, pad_id
+from .io import write_json_atomic, write_jsonl_atomic
 from .logprobs import collate_pairs, sequence_logps
 from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .rerankers import Reranker
@@ -52,6 +54,20 @@ def greedy_eval(
         "per_prompt": {"correct": correct, "reward": rewards},
         "responses": responses,
     }
+
+
+def save_greedy_eval(scores: dict, examples: Sequence[Example], out: Path) -> dict:
+    """Write a :func:`greedy_eval` result: its responses to ``<out stem>.responses.jsonl`` (one row per
+    prompt: id, prompt, response, reward, correct), then the rest to ``out`` (JSON, the stage's
+    marker, last). Returns the result without the responses."""
+    scores = dict(scores)
+    responses = scores.pop("responses")
+    per_prompt = scores["per_prompt"]
+    write_jsonl_atomic(out.with_suffix(".responses.jsonl"), (
+        {"prompt_id": ex.prompt_id, "prompt": ex.prompt, "response": r, "reward": w, "correct": bool(c)}
+        for ex, r, w, c in zip(examples, responses, per_prompt["reward"], per_prompt["correct"], strict=True)))
+    write_json_atomic(out, scores)
+    return scores
 
 
 # ---------------------------------------------------------------------------------------------

@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
 from .encoding import length_limits, pad_id
-from .evaluate import greedy_eval, retriever_eval
+from .evaluate import greedy_eval, retriever_eval, save_greedy_eval
 from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
 from .metrics import bootstrap_ci
@@ -191,15 +191,9 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
         model, tokenizer = policy_from_config(policy_dir, cfg.model)
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
-    responses = scores.pop("responses")
-    per_prompt = scores["per_prompt"]
-    write_jsonl_atomic(out.with_suffix(".responses.jsonl"), (
-        {"prompt_id": ex.prompt_id, "prompt": ex.prompt, "response": r, "reward": w, "correct": bool(c)}
-        for ex, r, w, c in zip(inputs.held_out, responses, per_prompt["reward"], per_prompt["correct"])))
-    row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k != "per_prompt"}}
+    row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k not in ("per_prompt", "responses")}}
     rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
-    write_json_atomic(out, scores)
-    return scores
+    return save_greedy_eval(scores, inputs.held_out, out)
 
 
 def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
