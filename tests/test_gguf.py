@@ -19,6 +19,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
+from larpo.cli import main
 from larpo.encoding import encode_prompt
 from larpo.gguf import RECORD, end_of_turn, import_gguf
 from larpo.models import load_policy
@@ -162,8 +163,8 @@ def test_no_end_of_turn_when_the_template_ends_turns_with_plain_text(imported):
 
 
 @pytest.mark.parametrize("case", ["missing file", "not a GGUF", "unsupported architecture", "output not empty", "no gguf package"])
-def test_user_errors_exit_2_with_one_line_and_no_traceback(case, tiny_gguf, tmp_path):
-    source, out, prelude = tiny_gguf, tmp_path / "out", ""
+def test_user_errors_exit_2_with_one_line_and_write_nothing(case, tiny_gguf, tmp_path, capsys, monkeypatch):
+    source, out = tiny_gguf, tmp_path / "out"
     if case == "missing file":
         source, expected = tmp_path / "absent.gguf", "no such file"
     elif case == "not a GGUF":
@@ -176,13 +177,18 @@ def test_user_errors_exit_2_with_one_line_and_no_traceback(case, tiny_gguf, tmp_
         (out / "keep.txt").write_text("mine")
         expected = "not an empty directory"
     else:
-        prelude, expected = "import sys; sys.modules['gguf'] = None  # as if not installed", "needs the gguf package"
-    proc = larpo_cli("import-gguf", str(source), str(out), prelude=prelude)
-    assert proc.returncode == 2, proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("larpo: error: ") and expected in lines[0], proc.stderr
-    assert "Traceback" not in proc.stderr
+        monkeypatch.setitem(sys.modules, "gguf", None)  # as if not installed
+        expected = "needs the gguf package"
+    assert main(["import-gguf", str(source), str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("larpo: error: ") and expected in err, err
     if case == "output not empty":
         assert [p.name for p in out.iterdir()] == ["keep.txt"]
     else:
         assert not out.exists()
+
+
+def test_in_a_real_process_a_user_error_prints_no_traceback(tmp_path):
+    proc = larpo_cli("import-gguf", str(tmp_path / "absent.gguf"), str(tmp_path / "out"))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [f"larpo: error: {tmp_path / 'absent.gguf'}: no such file; expected a .gguf model file"]
