@@ -19,9 +19,8 @@ at EOS = ``<|im_end|>``). Columns:
   of the samples; ``best``: mean over prompts of the best of the K rewards; ``strict`` and
   ``lenient``: shares of the samples that are right in either reading; ``EOS``: as above.
 
-A reply counts as ended with EOS when it re-encodes to fewer than ``max_new_tokens`` tokens
-(:func:`generate` returns text cut at EOS, not the token count); a reply cut by the limit
-re-encodes to about the limit.
+A reply ended with EOS when the sampler says it finished (``Sample.finished``: the policy emitted
+EOS within ``max_new_tokens``).
 """
 
 from __future__ import annotations
@@ -49,11 +48,6 @@ def parse(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def ended(tokenizer, reply: str, max_new_tokens: int) -> bool:
-    """Whether ``reply`` stopped at EOS before the token limit (see the module docstring)."""
-    return len(tokenizer(reply, add_special_tokens=False)["input_ids"]) < max_new_tokens
-
-
 def mean(values) -> float:
     values = list(values)
     return sum(values) / len(values)
@@ -70,11 +64,11 @@ def main(argv=None) -> None:
     print("\ngreedy          max_new  reward  strict  lenient   EOS    time")
     for length in map(int, args.greedy_lengths.split(",")):
         start = time.time()
-        replies = [r[0] for r in generate(model, tokenizer, [e.prompt for e in examples], 1, 0.0, length, batch_size=64)]
-        pairs = list(zip(examples, replies))
+        samples = [g[0] for g in generate(model, tokenizer, [e.prompt for e in examples], 1, 0.0, length, batch_size=64)]
+        pairs = [(e, s.text) for e, s in zip(examples, samples)]
         print(f"{'':15} {length:7d}  {mean(task.reward(e.prompt, r) for e, r in pairs):6.3f}"
               f"  {mean(task.exact(e.prompt, r) for e, r in pairs):6.3f}  {mean(task.correct(e.prompt, r) for e, r in pairs):7.3f}"
-              f"  {mean(ended(tokenizer, r, length) for r in replies):5.2f}  {time.time() - start:5.0f}s")
+              f"  {mean(s.finished for s in samples):5.2f}  {time.time() - start:5.0f}s")
     for e, r in pairs[:4]:
         print(f"  {e.prompt!r} -> {r!r}")
 
@@ -83,18 +77,19 @@ def main(argv=None) -> None:
     for cell in args.grid.split(","):
         temperature, length = float(cell.split(":")[0]), int(cell.split(":")[1])
         start = time.time()
-        replies = generate(model, tokenizer, [e.prompt for e in sampled], args.k, temperature, length,
-                           batch_size=16, seed=args.seed)
+        groups = generate(model, tokenizer, [e.prompt for e in sampled], args.k, temperature, length,
+                          batch_size=16, seed=args.seed)
         seconds = time.time() - start
         for k in (args.k // 2, args.k):
-            rewards = [[task.reward(e.prompt, r) for r in rs[:k]] for e, rs in zip(sampled, replies)]
-            flat = [(e, r) for e, rs in zip(sampled, replies) for r in rs[:k]]
+            rewards = [[task.reward(e.prompt, s.text) for s in g[:k]] for e, g in zip(sampled, groups)]
+            flat = [(e, s) for e, g in zip(sampled, groups) for s in g[:k]]
             print(f"{'':22} {k:3d}  {temperature:4.1f}  {length:7d}  {mean(len(set(rw)) > 1 for rw in rewards):8.3f}"
                   f"  {mean(x for rw in rewards for x in rw):5.3f}  {mean(max(rw) for rw in rewards):5.3f}"
-                  f"  {mean(task.exact(e.prompt, r) for e, r in flat):6.3f}  {mean(task.correct(e.prompt, r) for e, r in flat):7.3f}"
-                  f"  {mean(ended(tokenizer, r, length) for _, r in flat):4.2f}  {seconds:5.0f}s")
-        for reply in replies[0][:4]:
-            print(f"  {sampled[0].prompt!r} -> {reply!r}")
+                  f"  {mean(task.exact(e.prompt, s.text) for e, s in flat):6.3f}"
+                  f"  {mean(task.correct(e.prompt, s.text) for e, s in flat):7.3f}"
+                  f"  {mean(s.finished for _, s in flat):4.2f}  {seconds:5.0f}s")
+        for sample in groups[0][:4]:
+            print(f"  {sampled[0].prompt!r} -> {sample.text!r}")
 
 
 if __name__ == "__main__":

@@ -18,8 +18,8 @@ def chat_arithmetic(**kw) -> ChatArithmeticTask:
     return ChatArithmeticTask(TaskConfig(name="chat_arithmetic", n_train=150, n_eval=50, **kw))
 
 
-# Graded reward = 0.7 × correctness (last integer, digit by digit, right-aligned) + 0.3 × format
-# (1: only the number; 1/2: exactly one integer among other text; 0: several integers or none).
+# Graded reward = correctness (last integer, digit by digit, right-aligned) × (0.7 + 0.3 × format)
+# (format 1: only the number; 1/2: exactly one integer among other text; 0: several integers or none).
 GRADED = {
     "85": 1.0,
     " 85 \n": 1.0,  # surrounding whitespace is not text
@@ -27,11 +27,12 @@ GRADED = {
     "The answer is 85": 0.7 + 0.15,
     "85\n\nI hope this helps!": 0.7 + 0.15,
     "47 + 38 = 85": 0.7,  # correct, but the sum is restated: three integers
-    "84": 0.7 * 1 / 2 + 0.3,  # the tens digit agrees
-    "58": 0.3,  # no digit in its place
-    "-85": 0.7 * 2 / 3 + 0.3,  # the sign is one more position
-    "185": 0.7 * 2 / 3 + 0.3,
-    "085": 0.7 * 2 / 3 + 0.3,
+    "84": 1 / 2,  # the tens digit agrees; the format is as asked
+    "58": 0.0,  # no digit in its place: a bare number earns no format credit when it is wrong
+    "47": 0.0,  # the first operand, bare
+    "-85": 2 / 3,  # the sign is one more position
+    "185": 2 / 3,
+    "085": 2 / 3,
     "47 + 38 = 84": 0.7 * 1 / 2,
     "The answer is 85 (47 + 38)": 0.0,  # the last integer, 38, shares no digit with 85
     "8 5": 0.7 * 1 / 2,  # last integer 5; two integers
@@ -88,7 +89,7 @@ def test_subtraction_answers_are_signed():
     question = "Compute 12 - 57. Answer with just the number."
     assert task.solve(question) == "-45"
     assert task.reward(question, "-45") == 1.0
-    assert task.reward(question, "45") == pytest.approx(0.7 * 2 / 3 + 0.3)
+    assert task.reward(question, "45") == pytest.approx(2 / 3)
     assert task.reward(question, "12 - 57 = -45") == pytest.approx(0.7)
 
 

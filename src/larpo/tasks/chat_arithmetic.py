@@ -5,7 +5,7 @@ prompt space and draw), asked as a question in one of a few phrasings, each of w
 number alone. The phrasing of a prompt is fixed by ``task.seed`` and the prompt's index, and the
 operation alone determines the answer, so a question never recurs in another phrasing.
 
-Graded reward (``task.reward: graded``), in [0, 1]: ``0.7 × correctness + 0.3 × format``.
+Graded reward (``task.reward: graded``), in [0, 1]: ``correctness × (0.7 + 0.3 × format)``.
 
 - correctness: the *last* integer in the response (``-?[0-9]+``; a model that restates the sum
   ends with its result) against the answer, digit by digit, right-aligned, the sign one more
@@ -16,9 +16,15 @@ Graded reward (``task.reward: graded``), in [0, 1]: ``0.7 × correctness + 0.3 �
   ``"The answer is 85"``); 0 with several integers (``"47 + 38 = 85"``) or none.
 
 So, for the answer 85: ``"85"`` → 1.0, ``"The answer is 85."`` → 0.85, ``"47 + 38 = 85"`` → 0.7,
-``"84"`` → 0.65, ``"47 + 38 = 84"`` → 0.35, ``""`` and ``"eighty-five"`` → 0. A correct number in
-the wrong format outranks a wrong one in the right format, and each step towards the requested
-form (restating the sum → one sentence → the bare number) is visible in the reward.
+``"84"`` → 0.5, ``"47 + 38 = 84"`` → 0.35, ``"58"``, ``""`` and ``"eighty-five"`` → 0. A correct
+number in the wrong format outranks a wrong one in the right format, and each step towards the
+requested form (restating the sum → one sentence → the bare number) is visible in the reward.
+
+The format credit multiplies the correctness: it is earned only as far as the number is right.
+A first version added the two (``0.7 × correctness + 0.3 × format``), which paid 0.3 for any bare
+number; on one seed of the recipe the policy learned to reply with the first operand (``"69"``
+for 69 + 61: 0.3) and its held-out accuracy fell from 0.50 to 0.02 in the second iteration
+(docs/real-model.md).
 
 Two readings of "right", measured on the base model in docs/real-model.md ("The task and its
 headroom"):
@@ -54,7 +60,7 @@ PHRASINGS = (
     "Calculate {a} {op} {b} and reply with the number only.",
     "{a} {op} {b} = ? Reply with only the number.",
 )
-CORRECTNESS_WEIGHT, FORMAT_WEIGHT = 0.7, 0.3  # of the graded reward
+FORMAT_WEIGHT = 0.3  # the share of a right number's reward that its format earns
 _OPERATION = re.compile(r"([0-9]+) ([+-]) ([0-9]+)")
 
 
@@ -100,4 +106,4 @@ class ChatArithmeticTask(ArithmeticTask):
             form = 0.5
         else:
             form = 0.0
-        return CORRECTNESS_WEIGHT * correctness + FORMAT_WEIGHT * form
+        return correctness * (1 - FORMAT_WEIGHT + FORMAT_WEIGHT * form)
