@@ -79,6 +79,14 @@ def test_a_bad_row_is_an_error_naming_file_line_and_field(tmp_path, row, message
     assert str(e.value).startswith(f"{path}:2: ") and message in str(e.value) and e.value.reason == reason
 
 
+def test_a_missing_or_undecodable_file_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=f"DATA {tmp_path / 'none.jsonl'}: not found"):
+        read_lists(tmp_path / "none.jsonl")
+    (tmp_path / "latin1.jsonl").write_bytes('{"prompt": "caf\xe9"}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=f"{tmp_path / 'latin1.jsonl'}: not UTF-8 text; expected JSON lines"):
+        read_lists(tmp_path / "latin1.jsonl")
+
+
 def test_with_drop_bad_rows_every_bad_row_is_dropped_and_counted_by_reason(tmp_path):
     good = {"prompt": "ok", "responses": ["x", "y"], "rewards": [1, 0]}
     tied = {"prompt": "t", "responses": ["x", "y", "z"], "rewards": [0.5, 0.5, 0.5]}

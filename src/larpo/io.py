@@ -80,6 +80,18 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> None:
     write_text_atomic(path, "".join(json.dumps(row) + "\n" for row in rows))
 
 
+def text_lines(path: Path, what: str) -> list[tuple[int, str]]:
+    """``(line number from 1, line)`` for the non-blank lines of a user's JSON-lines file; a file that
+    cannot be read or is not UTF-8 is a ConfigError naming it and ``what`` it was read as."""
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ConfigError(f"{path}: cannot read {what} ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text; expected JSON lines") from None
+    return [(number, line) for number, line in enumerate(lines, start=1) if line.strip()]
+
+
 def read_jsonl(path: str | Path) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from .config import ConfigError
+from .io import text_lines
 from .lists import Candidate, RankedList, build_list
 from .tasks.dataset import load_split
 from .tasks.jsonl import check_prompt
@@ -321,16 +322,8 @@ def lists_from_rows(
 
 def _jsonl_rows(path: Path) -> list[tuple[str, Any]]:
     """``(path:line, parsed row)`` for every non-blank line; an unparseable line's row is its RowError."""
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise ConfigError(f"{path}: cannot read the data file ({e.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not UTF-8 text; expected JSON lines") from None
     rows = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in text_lines(path, "the data file"):
         where = f"{path}:{number}"
         try:
             rows.append((where, json.loads(line)))

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..callables import call_user, load_callable
 from ..config import ConfigError, TaskConfig
+from ..io import text_lines
 from . import Example
 
 _EXPECTED = 'expected a JSON object with a string "prompt"'
@@ -151,16 +152,8 @@ class JsonlTask(UserTask):
 
     def _read(self, path: Path) -> list[Example]:
         """The examples of one file."""
-        try:
-            lines = path.read_text(encoding="utf-8").splitlines()
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read prompts file ({e.strerror})") from None
-        except UnicodeDecodeError:
-            raise ConfigError(f"{path}: not UTF-8 text; expected JSON lines") from None
         examples = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
+        for number, line in text_lines(path, "prompts file"):
             where = f"{path}:{number}"
             try:
                 row = json.loads(line)
