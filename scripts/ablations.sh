@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Re-measure the paper's IR principles: every grid under configs/ablations/ at 5 seeds, into one
+# Re-measure the paper's IR principles: the tiny-model grids of configs/ablations/ at 5 seeds, into one
 # sweep directory (equal configs run once across grids; SFT checkpoints shared per seed). Two lanes
 # run side by side, one per core; a run one lane has claimed is left to it. Rerun to resume.
 # Tables: sweeps/ablations/<grid>.md; for docs: .venv/bin/python bench/findings.py > docs/findings-tables.md

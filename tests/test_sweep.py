@@ -148,12 +148,13 @@ def test_a_killed_holder_leaves_no_claim_and_the_lock_is_reentrant_in_one_proces
             pass
 
 
-def test_every_ablation_grid_loads_and_shares_the_default_cell():
+def test_every_tiny_model_ablation_grid_loads_and_shares_the_default_cell():
     from pathlib import Path
 
     from larpo.sweep import cell_config, run_key
 
-    grids = [load_grid(p) for p in sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))]
+    paths = sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))
+    grids = [load_grid(p) for p in paths if not p.name.startswith("smollm2_")]  # those: the next test
     assert {g.name for g in grids} >= {"objective", "negatives", "temperature", "inclusiveness", "memorization", "reference"}
     assert all(len(g.seeds) >= 5 for g in grids)
     keys = [{run_key(cell_config(g, c, 0)) for c in g.cells} for g in grids]
@@ -180,8 +181,8 @@ def test_the_real_model_grids_load_and_share_their_lambdarank_cell():
 
     from larpo.sweep import cell_config, run_key
 
-    root = Path(__file__).parent.parent / "configs" / "ablations-smollm2"
-    objective, inclusiveness = load_grid(root / "objective.yaml"), load_grid(root / "inclusiveness.yaml")
+    root = Path(__file__).parent.parent / "configs" / "ablations"
+    objective, inclusiveness = load_grid(root / "smollm2_objective.yaml"), load_grid(root / "smollm2_inclusiveness.yaml")
     assert objective.seeds == inclusiveness.seeds == [0, 1, 2]
     assert {cell_config(objective, c, 0).train.loss for c in objective.cells} == {"pairwise", "contrastive", "lambdarank", "listmle"}
     assert run_key(cell_config(objective, "lambdarank-2+2", 0)) == run_key(cell_config(inclusiveness, "K=8", 0))
