@@ -2,7 +2,7 @@
 # The IR principles on a real instruct LLM: configs/ablations/smollm2_{objective,inclusiveness}.yaml
 # (SmolLM2-135M-Instruct on chat_arithmetic, 3 seeds, one iteration) into one sweep directory, so the
 # shared lambdarank K = 8 cell and the initial evaluation run once. Two lanes, one per core; a run one
-# lane has claimed is left to it. About an hour on 2 cores. Rerun to resume.
+# lane has claimed is left to it. About 40 minutes on 2 idle cores. Rerun to resume.
 # Tables (mean, 95% interval over seeds, paired tests against the baseline cell): sweeps/smollm2/<grid name>.md
 set -euo pipefail
 cd "$(dirname "$0")/.."
