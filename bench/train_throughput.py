@@ -79,7 +79,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--tables", default="1234", help="which tables to run, e.g. 13")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch threads per worker (default: torch's choice)")
-    p.add_argument("--quick", action="store_true", help="about 12 minutes on 2 idle cores (estimated): " + " ".join(QUICK))
+    p.add_argument("--quick", action="store_true", help="about 10 minutes on 2 idle cores: " + " ".join(QUICK))
     p.add_argument("--smoke", action="store_true", help="shrink the models to one layer of hidden 64 and everything "
                    "else to " + " ".join(SMOKE) + "; flags given explicitly still win")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
