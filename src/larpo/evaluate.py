@@ -56,6 +56,11 @@ def greedy_eval(
     }
 
 
+def eval_headline(scores: dict) -> dict:
+    """A :func:`greedy_eval` result without its per-prompt lists: the row a metrics file logs."""
+    return {k: v for k, v in scores.items() if k not in ("per_prompt", "responses")}
+
+
 def save_greedy_eval(scores: dict, examples: Sequence[Example], out: Path) -> dict:
     """Write a :func:`greedy_eval` result: its responses to ``<out stem>.responses.jsonl`` (one row per
     prompt: id, prompt, response, reward, correct), then the rest to ``out`` (JSON, the stage's

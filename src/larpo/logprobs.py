@@ -113,7 +113,7 @@ def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tor
         batch["prompt_mask"], batch["response_ids"], batch["response_mask"], batch["owner"])
     cache, cache_arg = _SharedPromptCache(), cache_argument(model)
     checkpointed = _checkpointed_layers(model)
-    prompt_positions = (prompt_mask.cumsum(dim=1) - 1).clamp(min=0)
+    prompt_positions = left_padded_positions(prompt_mask)
     last_only = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     with _set_attributes(checkpointed, gradient_checkpointing=False):
         # The prompt's last position predicts the first response token.
@@ -162,6 +162,11 @@ def base_model(model: nn.Module) -> nn.Module:
     """The transformers model inside a DDP wrapper (``.module``) and a peft wrapper (``get_base_model``)."""
     base = getattr(model, "module", model)
     return base.get_base_model() if hasattr(base, "get_base_model") else base
+
+
+def left_padded_positions(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Position ids [B, T] of left-padded rows, as ``generate`` gives them: 0 at each row's first real token."""
+    return (attention_mask.cumsum(dim=1) - 1).clamp(min=0)
 
 
 def forward_accepts(model: nn.Module, argument: str) -> bool:

@@ -36,7 +36,7 @@ from accelerate import Accelerator
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
 from .encoding import length_limits, pad_id
-from .evaluate import greedy_eval, retriever_eval, save_greedy_eval
+from .evaluate import eval_headline, greedy_eval, retriever_eval, save_greedy_eval
 from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
 from .metrics import bootstrap_ci
@@ -191,7 +191,7 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
         model, tokenizer = policy_from_config(policy_dir, cfg.model)
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
-    row = {"stage": "eval", "policy": policy, **{k: v for k, v in scores.items() if k not in ("per_prompt", "responses")}}
+    row = {"stage": "eval", "policy": policy, **eval_headline(scores)}
     rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
     return save_greedy_eval(scores, inputs.held_out, out)
 

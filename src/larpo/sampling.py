@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache, PreTrainedModel, PreTrainedTokenizerBase
 
 from .encoding import encode_prompt, pad_id
-from .logprobs import base_model, cache_argument, forward_accepts
+from .logprobs import base_model, cache_argument, forward_accepts, left_padded_positions
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ def _generate_k(
         cache = DynamicCache(config=base_model(model).config)
         mask = attention_mask[:, :-1]
         model(
-            input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=(mask.cumsum(dim=1) - 1).clamp(min=0),
+            input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=left_padded_positions(mask),
             use_cache=True, **({"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}),
             **{cache_argument(model): cache},
         )

@@ -38,7 +38,7 @@ from transformers import PreTrainedTokenizerBase
 from . import config as config_mod
 from .config import Config, ConfigError, TrainConfig
 from .encoding import length_limits, pad_id
-from .evaluate import greedy_eval, save_greedy_eval
+from .evaluate import eval_headline, greedy_eval, save_greedy_eval
 from .io import TMP_PREFIX, append_jsonl, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from .listdata import Fields, check_tokenizer, lists_digest, read_lists
 from .lists import RankedList, list_sizes
@@ -165,9 +165,8 @@ def _evaluate(policy_dir: str | Path, task: Task, held_out: list[Example], cfg: 
     model, tokenizer = policy_from_config(policy_dir, cfg.model)
     scores = greedy_eval(model.to(accelerator.device), tokenizer, task, held_out, cfg.sampling.max_new_tokens,
                          cfg.eval.batch_size, progress)
-    append_jsonl(out.parent / METRICS, {"stage": "eval", "policy": policy,
-                                        **{k: v for k, v in scores.items() if k not in ("per_prompt", "responses")}})
-    return {k: v for k, v in save_greedy_eval(scores, held_out, out).items() if k != "per_prompt"}
+    append_jsonl(out.parent / METRICS, {"stage": "eval", "policy": policy, **eval_headline(scores)})
+    return eval_headline(save_greedy_eval(scores, held_out, out))
 
 
 def format_evaluation(initial: dict, final: dict) -> str:
