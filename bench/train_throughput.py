@@ -38,10 +38,10 @@ import tempfile
 import torch
 
 import common
+import trl_dpo
 from larpo.config import ModelConfig, TrainConfig
-from larpo.encoding import encode_prompt, encode_response
 from larpo.lists import RankedList
-from larpo.logprobs import collate_lists, collate_pairs
+from larpo.logprobs import pack_responses, collate_lists, collate_pairs
 from larpo.models import prepare_policy
 from larpo.trainer import encode_lists, list_tokens, make_accelerator, reference_logps, train_phase
 
@@ -161,56 +161,6 @@ def larpo_timing(a, tok, model_shape: common.Shape, jobs: dict[str, tuple[list[d
     return out
 
 
-def trl_timing(a, tok, model_shape: common.Shape, rows: list[dict], grad_ckpt: bool | None, precompute: bool,
-               out_dir: str) -> dict:
-    from datasets import Dataset
-    from trl import DPOConfig, DPOTrainer
-
-    class TimedDPOTrainer(DPOTrainer):
-        precompute_s = 0.0
-
-        def _precompute_ref_logps(self, *args, **kwargs):
-            with common.Timer() as t:
-                out = super()._precompute_ref_logps(*args, **kwargs)
-            self.precompute_s += t.s
-            return out
-
-    data = [{"prompt": r["prompt"], "chosen": r["responses"][0], "rejected": r["responses"][1]} for r in rows]
-    cuda = torch.cuda.is_available()
-
-    def trainer(subset: list[dict], max_steps: int = -1) -> TimedDPOTrainer:
-        extra = {} if grad_ckpt is None else {"gradient_checkpointing": grad_ckpt}  # None: as shipped (True)
-        args = DPOConfig(output_dir=out_dir, beta=BETA, loss_type="sigmoid", learning_rate=a.lr,
-                         per_device_train_batch_size=a.batch, num_train_epochs=1, max_steps=max_steps,
-                         bf16=cuda, use_cpu=not cuda, precompute_ref_log_probs=precompute, report_to=[],
-                         logging_strategy="no", save_strategy="no", disable_tqdm=True, seed=a.seed, **extra)
-        policy = common.build_model(tok, model_shape, a.seed)
-        ref = None if precompute else common.build_model(tok, model_shape, a.seed)  # precompute: TRL needs none
-        return TimedDPOTrainer(model=policy, ref_model=ref, args=args, train_dataset=Dataset.from_list(subset),
-                               processing_class=tok)
-
-    def same_ids(ds) -> bool:  # TRL appends EOS as text and infers the boundary: same ids as larpo's encoding?
-        return all(ds[i]["prompt_ids"] == encode_prompt(tok, r["prompt"])
-                   and ds[i]["chosen_ids"] == encode_response(tok, r["chosen"])
-                   and ds[i]["rejected_ids"] == encode_response(tok, r["rejected"]) for i, r in enumerate(data))
-
-    trainer(data[:WARMUP_PAIRS], max_steps=1).train()  # warm-up step
-    gc.collect()
-    train_s, phase_s, ref_s, ids_match = [], [], [], None
-    for _ in range(a.repeats):
-        t = trainer(data)
-        ids_match = same_ids(t.train_dataset) if ids_match is None else ids_match
-        with common.Timer() as t_train:
-            t.train()
-        train_s.append(t_train.s), ref_s.append(t.precompute_s), phase_s.append(t_train.s + t.precompute_s)
-        ds, steps = t.train_dataset, t.state.global_step
-        del t
-        gc.collect()  # one trainer alive at a time, so peak RSS is one configuration's
-    return {"ref_s": common.median(ref_s) if precompute else None, "train_s": common.median(train_s),
-            "phase_s": common.median(phase_s), "steps": steps, "ids_match": ids_match,
-            "example_ids": ds[0]["prompt_ids"][-3:] + ["|"] + ds[0]["chosen_ids"][:3] + ["...", ds[0]["chosen_ids"][-1]]}
-
-
 def worker(a) -> dict:
     common.quiet()
     if a.threads:
@@ -228,7 +178,8 @@ def worker(a) -> dict:
             name = a.worker.split("/")[1]
             rows = pair_rows(a, model)
             if name in TRL_SETTINGS:
-                res = trl_timing(a, tok, model_shape, rows, *TRL_SETTINGS[name][:2], out_dir=f"{tmp}/trl")
+                res = trl_dpo.timing(tok, model_shape, rows, *TRL_SETTINGS[name][:2], beta=BETA, lr=a.lr, batch=a.batch,
+                                     repeats=a.repeats, seed=a.seed, warmup_pairs=WARMUP_PAIRS, out_dir=f"{tmp}/trl")
             else:
                 shared, ckpt, _ = LARPO_SETTINGS[name]
                 cfg = larpo_cfg(a, a.batch, a.micro, 2 * a.batch, shared, "pairwise")
@@ -319,32 +270,36 @@ def table_one(a, model: str, run) -> str:
 
 
 def padding_line(a) -> str:
-    """Padded fraction of micro-batch positions: the step's lists in shuffled order vs sorted by list_tokens."""
+    """Padded fraction of the positions a micro-batch runs, per layout: the step's lists in shuffled
+    order vs sorted by list_tokens (what train_phase does)."""
     with tempfile.TemporaryDirectory() as tmp:
         tok = common.word_tokenizer(shape(a, "20M").vocab - 3, f"{tmp}/tok")
         encoded = encode_lists(tok, ranked(pair_rows(a, "20M")))
     pad = tok.pad_token_id
     lengths = [list_tokens(el) for el in encoded]
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(a.seed * 1000)).tolist()  # as train_phase
-    counts = {k: [0, 0] for k in ("lists-shuffled", "lists-sorted", "pairs-shuffled", "pairs-sorted")}
+    layouts = ("shared prompt, one row per response", "shared prompt, one row per list (packed)", "one sequence per response")
+    counts = {(layout, how): [0, 0] for layout in layouts for how in ("shuffled", "sorted")}  # [padded, run]
     for start in range(0, len(order), a.batch):
         step = order[start : start + a.batch]
         for how, ids in (("shuffled", step), ("sorted", sorted(step, key=lambda i: lengths[i]))):
             for j in range(0, len(ids), a.micro):
                 micro = [encoded[i] for i in ids[j : j + a.micro]]
                 b = collate_lists([(e.prompt_ids, e.response_ids) for e in micro], pad)
-                real = int(b["prompt_mask"].sum() + b["response_mask"].sum())
-                c = counts[f"lists-{how}"]
-                c[0] += b["prompt_ids"].numel() + b["response_ids"].numel() - real
-                c[1] += b["prompt_ids"].numel() + b["response_ids"].numel()
-                b = collate_pairs([(e.prompt_ids, r) for e in micro for r in e.response_ids], pad)
-                c = counts[f"pairs-{how}"]
-                c[0] += int((b["attention_mask"] == 0).sum())
-                c[1] += b["attention_mask"].numel()
-    f = {k: 100 * v[0] / v[1] for k, v in counts.items()}
-    return (f"Padding (table-1 pairs of the 20M model, {a.batch} lists/step, micro-batches of {a.micro}): shared-prompt "
-            f"layout {f['lists-shuffled']:.1f}% shuffled -> {f['lists-sorted']:.1f}% length-grouped; "
-            f"one-sequence-per-response layout {f['pairs-shuffled']:.1f}% -> {f['pairs-sorted']:.1f}%")
+                predicts = b["response_mask"][:, 1:]
+                packed = pack_responses(b["prompt_mask"], b["prompt_mask"].sum(dim=1), b["response_ids"], predicts,
+                                           b["owner"])["select"]
+                real = int(b["prompt_mask"].sum() + predicts.sum())
+                for layout, run in zip(layouts[:2], (predicts.numel(), packed.numel())):
+                    counts[layout, how][0] += b["prompt_mask"].numel() + run - real
+                    counts[layout, how][1] += b["prompt_mask"].numel() + run
+                mask = collate_pairs([(e.prompt_ids, r) for e in micro for r in e.response_ids], pad)["attention_mask"][:, :-1]
+                counts[layouts[2], how][0] += int((mask == 0).sum())
+                counts[layouts[2], how][1] += mask.numel()
+    f = {k: f"{100 * v[0] / v[1]:.1f}%" for k, v in counts.items()}
+    return (f"Padding (table-1 pairs of the 20M model, {a.batch} lists/step, micro-batches of {a.micro}; padded share "
+            "of the positions run, shuffled -> length-grouped): "
+            + "; ".join(f"{layout} {f[layout, 'shuffled']} -> {f[layout, 'sorted']}" for layout in layouts))
 
 
 def main() -> int:

@@ -6,7 +6,7 @@ import random
 import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from larpo import logprobs
 from larpo.logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
@@ -103,18 +103,57 @@ def test_collate_lists_left_pads_prompts_and_right_pads_responses():
     assert batch["owner"].tolist() == [0, 0, 1]
 
 
-def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients():
+@pytest.mark.parametrize("pack", [None, False, True])
+def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients(pack):
     lists = random_lists(seed=7, n=5)
     flat = [(p, r) for p, rs in lists for r in rs]
     weights = torch.randn(len(flat))
     shared_model, repeated_model = random_llama(seed=8).train(), random_llama(seed=8).train()
-    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0))
+    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0), pack=pack)
     repeated = sequence_logps(repeated_model, collate_pairs(flat, pad_id=0))
+    want = torch.tensor([unpadded_reference(shared_model, p, r) for p, r in flat], dtype=torch.float64)
+    torch.testing.assert_close(shared.double(), want, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
     (weights * shared).sum().backward()
     (weights * repeated).sum().backward()
     for (name, p), q in zip(shared_model.named_parameters(), repeated_model.parameters()):
         torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_packed_response_pass_puts_each_lists_responses_in_one_row():
+    batch = collate_lists([([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]])], pad_id=0)
+    predicts = batch["response_mask"][:, 1:]
+    packed = logprobs.pack_responses(batch["prompt_mask"], batch["prompt_mask"].sum(dim=1), batch["response_ids"],
+                                        predicts, batch["owner"])
+    # inputs are each response but its last token; positions restart after the prompt for every response
+    assert packed["input_ids"].tolist() == [[7, 8, 4], [2, 0, 0]]
+    assert packed["position_ids"].tolist() == [[2, 3, 2], [1, 1, 1]]
+    assert packed["select"].tolist() == [[True, True, True], [True, False, False]]
+    T, F = True, False
+    assert packed["attention_mask"][:, 0].tolist() == [
+        [[T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [7, 8] see the prompt and each other causally, [4] itself
+        [[F, T, T, F, F], [F, T, F, F, F], [F, T, F, F, F]],  # padding queries see the prompt only
+    ]
+
+
+def test_packing_is_used_only_where_it_is_exact_and_pays():
+    model = random_llama(seed=23)
+    assert logprobs.packing_is_exact(model)
+    eager = LlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"}))
+    assert not logprobs.packing_is_exact(eager)
+    windowed = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                                num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
+    assert not logprobs.packing_is_exact(windowed)
+    # two 9-token responses pack into one row of 16 positions instead of two of 8 plus padding to 8;
+    # one 9-token response beside eight 2-token ones packs into a row of 16 instead of nine rows of 8
+    for responses, pays in (([[1] * 9, [1] * 9], False), ([[1] * 9] + [[1] * 2] * 8, True)):
+        batch = collate_lists([([1, 2], responses)], pad_id=0)
+        assert logprobs._packing_pays(model, batch["prompt_mask"], batch["response_mask"][:, 1:], batch["owner"]) is pays
+    lists = random_lists(seed=24, n=4)
+    with torch.no_grad():  # an eager model still gets exact log-probs: it takes the unpacked layout
+        got = shared_prompt_logps(eager.eval(), collate_lists(lists, pad_id=0))
+    want = torch.tensor([unpadded_reference(eager, p, r) for p, rs in lists for r in rs], dtype=torch.float64)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
 
 
 def full_logits_logps(model, pairs):
@@ -203,7 +242,8 @@ def checkpointed(model):
     return model
 
 
-def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(monkeypatch):
+@pytest.mark.parametrize("pack", [False, True])
+def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(monkeypatch, pack):
     reads: dict[int, int] = {}
     update = logprobs._SharedPromptCache.update
 
@@ -217,7 +257,7 @@ def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(mo
     flat = [(p, r) for p, rs in lists for r in rs]
     shared_model, repeated_model = checkpointed(random_llama(seed=18).train()), random_llama(seed=18).train()
     assert logprobs.can_share_prompt(shared_model)
-    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0))
+    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0), pack=pack)
     assert reads == {0: 1, 1: 1}  # the response pass ran once, reading the prompts' cache
     assert_same_values_and_gradients(shared_model, shared, repeated_model,
                                      sequence_logps(repeated_model, collate_pairs(flat, pad_id=0)), torch.randn(len(flat)))
@@ -236,13 +276,14 @@ def test_reentrant_checkpointing_cannot_share_the_prompt():
     assert logprobs.can_share_prompt(random_llama(seed=19).train())
 
 
-def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32():
+@pytest.mark.parametrize("pack", [False, True])
+def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32(pack):
     lists = random_lists(seed=21, n=4)
     grads = []
     for autocast in (False, True):
         model = random_llama(seed=22).train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
+            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0), pack=pack)
             logps.sum().backward()
         assert logps.dtype == torch.float32
         grads.append((logps.detach(), model.lm_head.weight.grad, model.model.layers[0].mlp.up_proj.weight.grad))
