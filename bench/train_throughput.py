@@ -8,10 +8,12 @@ installs it and runs this script and ``sample_throughput.py`` in one go:
     .venv/bin/python bench/train_throughput.py --smoke    # every table, models shrunk: plumbing only
 
 Each configuration of table 1 runs in a fresh subprocess (``--worker MODEL/SETTING``), so its peak
-RSS (``ru_maxrss``, warm-up included) is its own; tables 2 and 3 run in one subprocess each, their
-configurations' repeats interleaved. Per configuration: one warm-up optimizer step on two pairs
-and a throwaway model, then ``--repeats`` timed phases, each on a fresh model built from the same
-seed; medians are reported. After timing, each worker measures the machine's matmul peak
+RSS (``ru_maxrss``, warm-up included) is its own, once per round for ``--repeats`` rounds taken
+round-robin over the configurations, so a load change on the machine hits all of them alike; the
+round with the median phase time is reported. Tables 2 and 3 run in one subprocess each, their
+configurations' ``--repeats`` repeats interleaved, medians reported. Every timed phase follows a
+warm-up optimizer step on two pairs and a throwaway model, and starts from a fresh model built from
+the same seed. After timing, each worker measures the machine's matmul peak
 (``common.matmul_peak``) with the same threads. Tables:
 
 1. Per model of ``--models`` (the 20M model; SmolLM2-135M-Instruct's shape and 49,152-id
@@ -73,7 +75,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=4, help="table 1, 20M/tiny: optimizer steps timed (pairs = steps x batch)")
     p.add_argument("--smollm2-steps", type=int, default=2, help="table 1, SmolLM2: optimizer steps timed")
     p.add_argument("--lr", type=float, default=5e-6)
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3, help="table 1: rounds of every configuration, each in a fresh "
+                   "process; tables 2-3: timed phases per configuration in one process")
     p.add_argument("--list-steps", type=int, default=5, help="tables 2-3: optimizer steps per timed phase")
     p.add_argument("--responses-per-step", type=int, default=40, help="tables 2-3: responses per optimizer step")
     p.add_argument("--tables", default="1234", help="which tables to run, e.g. 13")
@@ -216,9 +219,23 @@ def met(measured: float, target: float) -> str:
     return "met" if round(measured, 2) >= target else "missed"
 
 
+def interleaved(a, model: str, run) -> dict[str, dict]:
+    """Every configuration of table 1 once per round, in a fresh process, for ``--repeats`` rounds: a load
+    change on the machine hits every configuration alike. Per configuration, the round with the median
+    phase time (its timings, matmul peak and FLOPs together) and the highest peak memory of all rounds."""
+    names = (*LARPO_SETTINGS, *TRL_SETTINGS)
+    rounds = [{n: run(f"{model}/{n}", "--repeats", "1") for n in names} for _ in range(a.repeats)]
+    out = {}
+    for n in names:
+        runs = sorted((r[n] for r in rounds), key=lambda v: v["phase_s"])
+        gpu = [v["gpu_mb"] for v in runs if v["gpu_mb"] is not None]
+        out[n] = runs[len(runs) // 2] | {"rss_mb": max(v["rss_mb"] for v in runs), "gpu_mb": max(gpu) if gpu else None}
+    return out
+
+
 def table_one(a, model: str, run) -> str:
     """Table 1 for ``model`` and its lines against the targets."""
-    r = {n: run(f"{model}/{n}") for n in (*LARPO_SETTINGS, *TRL_SETTINGS)}
+    r = interleaved(a, model, run)
     bad = [n for n in TRL_SETTINGS if not r[n]["ids_match"]]
     if bad:
         raise SystemExit(f"{model}: token ids differ between larpo and TRL in {bad}")
@@ -242,7 +259,7 @@ def table_one(a, model: str, run) -> str:
                      f"{speed[n] / speed[fastest]:.2f}x" if larpo else ""])
     equal = speed["larpo-unshared"] / speed["trl-precompute"]
     out = (f"### Table 1, {shape(a, model).name}: larpo vs TRL DPO ({pairs} pairs, {first['steps']} steps of {a.batch} pairs, "
-           f"larpo in micro-batches of {a.micro} lists, {tokens} prompt+chosen+rejected tokens, median of {a.repeats})\n\n"
+           f"larpo in micro-batches of {a.micro} lists, {tokens} prompt+chosen+rejected tokens, median of {a.repeats} rounds)\n\n"
            f"Model: {first['model']}\n\n" + common.table(head, rows)
            + f"\n\nTRL saw the same token ids as larpo on all {pairs} pairs (e.g. prompt end | chosen: "
            f"{r['trl-shipped']['example_ids']}). 'ref' = larpo's reference_logps / TRL's precompute; TRL without "
@@ -309,8 +326,8 @@ def main() -> int:
         return 0
     machines: list[str] = []
 
-    def run(name: str) -> dict:
-        res = common.run_worker(__file__, name, sys.argv[1:])
+    def run(name: str, *flags: str) -> dict:
+        res = common.run_worker(__file__, name, [*sys.argv[1:], *flags])
         machines.append(res["machine"])
         return res
 
