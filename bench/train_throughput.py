@@ -43,7 +43,8 @@ import common
 import trl_dpo
 from larpo.config import ModelConfig, TrainConfig
 from larpo.lists import RankedList
-from larpo.logprobs import pack_responses, collate_lists, collate_pairs
+from larpo.logprobs import collate_lists, collate_pairs
+from larpo.packing import pack_responses
 from larpo.models import prepare_policy
 from larpo.trainer import encode_lists, list_tokens, make_accelerator, reference_logps, train_phase
 

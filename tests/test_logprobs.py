@@ -10,6 +10,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 from larpo import logprobs
 from larpo.logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
+from larpo.packing import pack_responses, packing_is_exact, packing_pays
 
 
 def random_llama(seed: int = 0, vocab: int = 40) -> LlamaForCausalLM:
@@ -123,8 +124,8 @@ def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients(
 def test_packed_response_pass_puts_each_lists_responses_in_one_row():
     batch = collate_lists([([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]])], pad_id=0)
     predicts = batch["response_mask"][:, 1:]
-    packed = logprobs.pack_responses(batch["prompt_mask"], batch["prompt_mask"].sum(dim=1), batch["response_ids"],
-                                        predicts, batch["owner"])
+    packed = pack_responses(batch["prompt_mask"], batch["prompt_mask"].sum(dim=1), batch["response_ids"], predicts,
+                            batch["owner"])
     # inputs are each response but its last token; positions restart after the prompt for every response
     assert packed["input_ids"].tolist() == [[7, 8, 4], [2, 0, 0]]
     assert packed["position_ids"].tolist() == [[2, 3, 2], [1, 1, 1]]
@@ -138,17 +139,17 @@ def test_packed_response_pass_puts_each_lists_responses_in_one_row():
 
 def test_packing_is_used_only_where_it_is_exact_and_pays():
     model = random_llama(seed=23)
-    assert logprobs.packing_is_exact(model)
+    assert packing_is_exact(model.config)
     eager = LlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"}))
-    assert not logprobs.packing_is_exact(eager)
+    assert not packing_is_exact(eager.config)
     windowed = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                 num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
-    assert not logprobs.packing_is_exact(windowed)
+    assert not packing_is_exact(windowed.config)
     # two 9-token responses pack into one row of 16 positions instead of two of 8 plus padding to 8;
     # one 9-token response beside eight 2-token ones packs into a row of 16 instead of nine rows of 8
     for responses, pays in (([[1] * 9, [1] * 9], False), ([[1] * 9] + [[1] * 2] * 8, True)):
         batch = collate_lists([([1, 2], responses)], pad_id=0)
-        assert logprobs._packing_pays(model, batch["prompt_mask"], batch["response_mask"][:, 1:], batch["owner"]) is pays
+        assert packing_pays(model.config, batch["prompt_mask"], batch["response_mask"][:, 1:], batch["owner"]) is pays
     lists = random_lists(seed=24, n=4)
     with torch.no_grad():  # an eager model still gets exact log-probs: it takes the unpacked layout
         got = shared_prompt_logps(eager.eval(), collate_lists(lists, pad_id=0))
