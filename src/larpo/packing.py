@@ -43,7 +43,7 @@ def packing_pays(config: PretrainedConfig, prompt_mask: torch.Tensor, predicts: 
 
 
 def pack_responses(prompt_mask: torch.Tensor, prompt_lengths: torch.Tensor, response_ids: torch.Tensor,
-                      predicts: torch.Tensor, owner: torch.Tensor) -> dict[str, torch.Tensor]:
+                   predicts: torch.Tensor, owner: torch.Tensor) -> dict[str, torch.Tensor]:
     """Inputs of the packed response pass: each list's responses (all but their last token) in one row.
 
     prompt_mask [B, P]; prompt_lengths [B]; response_ids [N, R]; predicts [N, R − 1] (True where
