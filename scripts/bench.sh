@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The benchmarks of docs/performance.md in one command, from a fresh clone:
 #   bash scripts/bench.sh            # the full run (about 1.5 hours on 2 idle CPU cores)
-#   bash scripts/bench.sh --quick    # 11.5 minutes on 2 idle CPU cores (measured)
+#   bash scripts/bench.sh --quick    # 12 minutes on 2 idle CPU cores (measured)
 #   bash scripts/bench.sh --smoke    # everything shrunk: checks the plumbing, measures nothing
 # Installs larpo with the bench extra (trl, datasets, psutil) through scripts/install.sh, fetches
 # SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh; if that fails, training uses a from-config

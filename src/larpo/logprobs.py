@@ -109,8 +109,8 @@ def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor], pack: 
     another, [B, S] positions with S the longest list's Σ (len − 1), and a 4-D attention mask that
     lets each response see its prompt and its own earlier tokens only: no padding between a list's
     responses and no cache copies, for attention over the whole row. ``pack=None`` picks the
-    layout with fewer estimated FLOPs (:func:`larpo.packing.packing_pays`) where packing is exact (SDPA
-    attention, no sliding window); True or False forces it.
+    layout with fewer estimated FLOPs (:func:`larpo.packing.packing_pays`) where packing is exact
+    (SDPA attention, no sliding window); True or False forces it.
 
     Under activation checkpointing (see :func:`can_share_prompt`) the prompt pass keeps its
     activations, since it writes the cache, and the response pass is checkpointed: it only reads

@@ -33,12 +33,10 @@ def packing_pays(config: PretrainedConfig, prompt_mask: torch.Tensor, predicts: 
     """
     h = config.hidden_size
     per_position = 2 * (4 * h * h + 3 * h * (getattr(config, "intermediate_size", None) or 4 * h))
-    n, width = predicts.shape
-    packed_width = int(torch.zeros(prompt_mask.shape[0], dtype=torch.long, device=owner.device)
-                       .index_add_(0, owner, predicts.sum(dim=1)).max())
-    p = prompt_mask.shape[1]
+    (b, p), (n, width) = prompt_mask.shape, predicts.shape
+    packed_width = _packed_width(predicts.sum(dim=1), owner, b)
     unpacked = n * width * (per_position + 4 * h * (p + width))
-    packed = prompt_mask.shape[0] * packed_width * (per_position + 4 * h * (p + packed_width))
+    packed = b * packed_width * (per_position + 4 * h * (p + packed_width))
     return packed < unpacked
 
 
@@ -48,16 +46,16 @@ def pack_responses(prompt_mask: torch.Tensor, prompt_lengths: torch.Tensor, resp
 
     prompt_mask [B, P]; prompt_lengths [B]; response_ids [N, R]; predicts [N, R − 1] (True where
     position t predicts a response token); owner [N], non-decreasing (responses grouped by list,
-    as :func:`larpo.logprobs.collate_lists` gives them). Returns ``input_ids`` and ``position_ids`` [B, S],
-    ``attention_mask`` [B, 1, S, P + S] bool, and ``select`` [B, S] bool: the real positions, in
-    the row-major order of ``predicts``'s True entries.
+    as :func:`larpo.logprobs.collate_lists` gives them). Returns ``input_ids`` and
+    ``position_ids`` [B, S], ``attention_mask`` [B, 1, S, P + S] bool, and ``select`` [B, S] bool:
+    the real positions, in the row-major order of ``predicts``'s True entries.
     """
     b, device = prompt_mask.shape[0], owner.device
     counts = predicts.sum(dim=1)  # [N] input positions per response
     before = counts.cumsum(0) - counts  # positions of earlier responses, over all lists
     sizes = torch.bincount(owner, minlength=b)  # responses per list
     start = before - before[(sizes.cumsum(0) - sizes)[owner]]  # offset of each response in its list's row
-    width = int(torch.zeros(b, dtype=torch.long, device=device).index_add_(0, owner, counts).max())
+    width = _packed_width(counts, owner, b)
     n_idx, t_idx = predicts.nonzero(as_tuple=True)
     rows, cols = owner[n_idx], start[n_idx] + t_idx
     input_ids = torch.zeros((b, width), dtype=response_ids.dtype, device=device)
@@ -72,3 +70,8 @@ def pack_responses(prompt_mask: torch.Tensor, prompt_lengths: torch.Tensor, resp
     # Padding queries see the prompt only (never an empty row, whose softmax would be NaN).
     mask = torch.cat([prompt_mask.bool()[:, None, :].expand(b, width, -1), same & causal], dim=2)
     return {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask[:, None], "select": select}
+
+
+def _packed_width(counts: torch.Tensor, owner: torch.Tensor, lists: int) -> int:
+    """S, the longest row of the packed pass: the largest per-list sum of ``counts`` [N] (positions per response)."""
+    return int(torch.zeros(lists, dtype=torch.long, device=owner.device).index_add_(0, owner, counts).max())
