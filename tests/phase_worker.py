@@ -12,6 +12,7 @@ import torch
 from larpo.config import TrainConfig
 from larpo.lists import RankedList
 from larpo.models import load_policy
+from larpo.parallel import end_processes
 from larpo.trainer import make_accelerator, train_phase
 
 
@@ -35,6 +36,7 @@ def main(policy_dir: str, out: str) -> None:
         params = {name: p.detach().double().sum().item() for name, p in model.named_parameters()}
         with open(out, "w") as f:
             json.dump({"world": accelerator.num_processes, "losses": result.losses, "params": params}, f)
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from accelerate import Accelerator
 from accelerate.utils import gather_object
 
 from larpo.config import RerankerConfig
+from larpo.parallel import end_processes
 from larpo.rerankers import build_reranker
 from larpo.retrieve import score_sharded
 
@@ -26,6 +27,7 @@ def main(path: str, out: str) -> None:
     if accelerator.is_main_process:
         with open(out, "w") as f:
             json.dump({"processes": accelerator.num_processes, "scores": every}, f)
+    end_processes()
 
 
 if __name__ == "__main__":

@@ -306,7 +306,12 @@ def main(argv: list[str] | None = None) -> int:
     # Our own bars cover every long stage; transformers reads this when it is first imported.
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     try:
-        return args.func(args)
+        code = args.func(args)
+        if "torch.distributed" in sys.modules:  # the command may have joined a process group: leave it
+            from .parallel import end_processes
+
+            end_processes()
+        return code
     except ConfigError as e:
         if args.debug:
             traceback.print_exc()

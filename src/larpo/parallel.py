@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TypeVar
 
+import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
@@ -23,3 +24,13 @@ def gather_merged(local: dict[int, T], accelerator: Accelerator) -> dict[int, T]
     for part in gather_object([local]):
         merged.update(part)
     return merged
+
+
+def end_processes() -> None:
+    """Leave the process group, if this process is in one: every process waits for the others, then
+    destroys it. Gloo's worker threads can otherwise still hold tensors while the interpreter shuts
+    down, and the process aborts (SIGABRT, "terminate called without an active exception") after its
+    work is done. Call at the end of a successful multi-process program; a no-op in one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
