@@ -50,19 +50,19 @@ def main() -> int:
     acc = make_accelerator(cfg)
     encoded = encode_lists(tok, tt.ranked(rows))
 
-    def phase() -> None:
-        model = common.build_model(tok, shape, 0)
+    def phase(model) -> None:
         ref = reference_logps(model, encoded, tok.pad_token_id, cfg.ref_batch_size, acc, shared_prompt=True)
         train_phase(model, tok, encoded, cfg, acc, ref_logps=ref, progress=False)
 
-    phase()  # warm-up
+    phase(common.build_model(tok, shape, 0))  # warm-up
+    model = common.build_model(tok, shape, 0)
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         with common.Timer() as t:
-            phase()
+            phase(model)
     mm = [e for e in prof.key_averages(group_by_input_shape=True) if e.key == "aten::mm"]
     mm_flops = sum(2 * e.input_shapes[0][0] * e.input_shapes[0][1] * e.input_shapes[1][1] * e.count for e in mm)
     mm_s = sum(e.self_cpu_time_total for e in mm) / 1e6
-    model_flops = tt.phase_flops(common.build_model(tok, shape, 0).config, rows, shared=True)
+    model_flops = tt.phase_flops(model.config, rows, shared=True)
     print(f"Machine: {common.machine()}\n{a.model}, layout {a.layout}: phase {t.s:.2f} s under the profiler; "
           f"matmuls {mm_flops / 1e9:.0f} GFLOP in {mm_s:.2f} s ({mm_flops / mm_s / 1e9:.0f} GFLOP/s) for "
           f"{model_flops / 1e9:.0f} GFLOP of model work ({mm_flops / model_flops:.2f}x)\n")
