@@ -305,8 +305,7 @@ def padding_line(a) -> str:
                 micro = [encoded[i] for i in ids[j : j + a.micro]]
                 b = collate_lists([(e.prompt_ids, e.response_ids) for e in micro], pad)
                 predicts = b["response_mask"][:, 1:]
-                packed = pack_responses(b["prompt_mask"], b["prompt_mask"].sum(dim=1), b["response_ids"], predicts,
-                                           b["owner"])["select"]
+                packed = pack_responses(b["prompt_mask"], b["response_ids"], predicts, b["owner"])["select"]
                 real = int(b["prompt_mask"].sum() + predicts.sum())
                 for layout, run in zip(layouts[:2], (predicts.numel(), packed.numel())):
                     counts[layout, how][0] += b["prompt_mask"].numel() + run - real

@@ -124,8 +124,7 @@ def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients(
 def test_packed_response_pass_puts_each_lists_responses_in_one_row():
     batch = collate_lists([([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]])], pad_id=0)
     predicts = batch["response_mask"][:, 1:]
-    packed = pack_responses(batch["prompt_mask"], batch["prompt_mask"].sum(dim=1), batch["response_ids"], predicts,
-                            batch["owner"])
+    packed = pack_responses(batch["prompt_mask"], batch["response_ids"], predicts, batch["owner"])
     # inputs are each response but its last token; positions restart after the prompt for every response
     assert packed["input_ids"].tolist() == [[7, 8, 4], [2, 0, 0]]
     assert packed["position_ids"].tolist() == [[2, 3, 2], [1, 1, 1]]

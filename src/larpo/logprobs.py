@@ -135,17 +135,17 @@ def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor], pack: 
     if response_ids.shape[1] == 1:
         return logps
     predicts = response_mask[:, 1:]  # response position t predicts token t + 1
-    prompt_lengths = prompt_mask.sum(dim=1)
     if pack is None:
         config = base_model(model).config.get_text_config()
         pack = packing_is_exact(config) and packing_pays(config, prompt_mask, predicts, owner)
     if pack:
         cache.readers = slice(None)  # row b of the packed pass is list b: its own prompt, no copies
-        inputs = pack_responses(prompt_mask, prompt_lengths, response_ids, predicts, owner)
+        inputs = pack_responses(prompt_mask, response_ids, predicts, owner)
         select = inputs.pop("select")
     else:
         cache.readers = owner
         width = response_ids.shape[1] - 1
+        prompt_lengths = prompt_mask.sum(dim=1)
         inputs = {"input_ids": response_ids[:, :-1],
                   "attention_mask": torch.cat([prompt_mask[owner], response_mask[:, :-1].long()], dim=1),
                   "position_ids": prompt_lengths[owner, None] + torch.arange(width, device=owner.device)[None, :]}

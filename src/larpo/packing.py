@@ -40,17 +40,18 @@ def packing_pays(config: PretrainedConfig, prompt_mask: torch.Tensor, predicts: 
     return packed < unpacked
 
 
-def pack_responses(prompt_mask: torch.Tensor, prompt_lengths: torch.Tensor, response_ids: torch.Tensor,
-                   predicts: torch.Tensor, owner: torch.Tensor) -> dict[str, torch.Tensor]:
+def pack_responses(prompt_mask: torch.Tensor, response_ids: torch.Tensor, predicts: torch.Tensor,
+                   owner: torch.Tensor) -> dict[str, torch.Tensor]:
     """Inputs of the packed response pass: each list's responses (all but their last token) in one row.
 
-    prompt_mask [B, P]; prompt_lengths [B]; response_ids [N, R]; predicts [N, R − 1] (True where
+    prompt_mask [B, P] (left-padded); response_ids [N, R]; predicts [N, R − 1] (True where
     position t predicts a response token); owner [N], non-decreasing (responses grouped by list,
     as :func:`larpo.logprobs.collate_lists` gives them). Returns ``input_ids`` and
     ``position_ids`` [B, S], ``attention_mask`` [B, 1, S, P + S] bool, and ``select`` [B, S] bool:
     the real positions, in the row-major order of ``predicts``'s True entries.
     """
     b, device = prompt_mask.shape[0], owner.device
+    prompt_lengths = prompt_mask.sum(dim=1)  # [B]: where each list's responses start
     counts = predicts.sum(dim=1)  # [N] input positions per response
     before = counts.cumsum(0) - counts  # positions of earlier responses, over all lists
     sizes = torch.bincount(owner, minlength=b)  # responses per list
