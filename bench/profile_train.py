@@ -1,7 +1,7 @@
 """Where a larpo training phase spends its time: one phase of table 1's pairs under ``torch.profiler``.
 
     .venv/bin/python bench/profile_train.py                      # 20M model, shared prompt, layout chosen by cost
-    .venv/bin/python bench/profile_train.py --layout rows        # one row per response (the layout before packing)
+    .venv/bin/python bench/profile_train.py --layout shared      # prompt pass + one row per response (no packing)
     .venv/bin/python bench/profile_train.py --model smollm2 --layout packed
 
 Runs the phase that ``train_throughput.py --quick`` times for ``larpo shared_prompt=True`` (the
@@ -14,6 +14,7 @@ by self CPU time.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 import tempfile
 
@@ -22,6 +23,7 @@ from torch.profiler import ProfilerActivity, profile
 
 import common
 import train_throughput as tt
+import larpo.trainer
 from larpo import logprobs
 from larpo.trainer import encode_lists, make_accelerator, reference_logps, train_phase
 
@@ -29,18 +31,16 @@ from larpo.trainer import encode_lists, make_accelerator, reference_logps, train
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="20M", choices=("20M", "smollm2"))
-    p.add_argument("--layout", default="auto", choices=("auto", "rows", "packed"),
-                   help="the shared-prompt response pass: chosen by estimated FLOPs, one row per response, or packed")
+    p.add_argument("--layout", default="auto", choices=("auto", "packed", "shared"),
+                   help="larpo.logprobs.list_logps's layout: chosen by estimated FLOPs, or forced")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--ops", type=int, default=15, help="operators listed")
     a = p.parse_args()
     common.quiet()
     if a.threads:
         torch.set_num_threads(a.threads)
-    if a.layout == "rows":  # the choice shared_prompt_logps makes, forced
-        logprobs.packing_is_exact = lambda config: False
-    elif a.layout == "packed":
-        logprobs.packing_pays = lambda *args: True
+    if a.layout != "auto":
+        larpo.trainer.list_logps = functools.partial(logprobs.list_logps, layout=a.layout)
     bench = tt.parse(["--quick"])
     shape = common.SHAPES[a.model]
     tmp = tempfile.TemporaryDirectory()

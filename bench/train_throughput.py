@@ -44,7 +44,7 @@ import trl_dpo
 from larpo.config import ModelConfig, TrainConfig
 from larpo.lists import RankedList
 from larpo.logprobs import collate_lists, collate_pairs
-from larpo.packing import pack_responses
+from larpo.packing import pack_lists
 from larpo.models import prepare_policy
 from larpo.trainer import encode_lists, list_tokens, make_accelerator, reference_logps, train_phase
 
@@ -296,20 +296,21 @@ def padding_line(a) -> str:
     pad = tok.pad_token_id
     lengths = [list_tokens(el) for el in encoded]
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(a.seed * 1000)).tolist()  # as train_phase
-    layouts = ("shared prompt, one row per response", "shared prompt, one row per list (packed)", "one sequence per response")
+    layouts = ("shared prompt, one row per response", "shared prompt, lists packed side by side", "one sequence per response")
     counts = {(layout, how): [0, 0] for layout in layouts for how in ("shuffled", "sorted")}  # [padded, run]
     for start in range(0, len(order), a.batch):
         step = order[start : start + a.batch]
         for how, ids in (("shuffled", step), ("sorted", sorted(step, key=lambda i: lengths[i]))):
             for j in range(0, len(ids), a.micro):
                 micro = [encoded[i] for i in ids[j : j + a.micro]]
-                b = collate_lists([(e.prompt_ids, e.response_ids) for e in micro], pad)
+                lists = [(e.prompt_ids, e.response_ids) for e in micro]
+                b = collate_lists(lists, pad)
                 predicts = b["response_mask"][:, 1:]
-                packed = pack_responses(b["prompt_mask"], b["response_ids"], predicts, b["owner"])["select"]
                 real = int(b["prompt_mask"].sum() + predicts.sum())
-                for layout, run in zip(layouts[:2], (predicts.numel(), packed.numel())):
-                    counts[layout, how][0] += b["prompt_mask"].numel() + run - real
-                    counts[layout, how][1] += b["prompt_mask"].numel() + run
+                runs = (b["prompt_mask"].numel() + predicts.numel(), pack_lists(lists, pad)["input_ids"].numel())
+                for layout, run in zip(layouts[:2], runs):
+                    counts[layout, how][0] += run - real
+                    counts[layout, how][1] += run
                 mask = collate_pairs([(e.prompt_ids, r) for e in micro for r in e.response_ids], pad)["attention_mask"][:, :-1]
                 counts[layouts[2], how][0] += int((mask == 0).sum())
                 counts[layouts[2], how][1] += mask.numel()

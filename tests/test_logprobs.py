@@ -1,5 +1,6 @@
-"""sequence_logps and shared_prompt_logps: response tokens only, independent of padding and batch
-composition, exact with a chunked LM head and under activation checkpointing."""
+"""Response log-probs in every layout (pairs, shared prompt with a cache, packed lists): response tokens
+only, independent of padding and batch composition, exact with a chunked LM head and under activation
+checkpointing."""
 
 import random
 
@@ -9,8 +10,10 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from larpo import logprobs
-from larpo.logprobs import collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
-from larpo.packing import pack_responses, packing_is_exact, packing_pays
+from larpo.logprobs import collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
+from larpo.packing import layout_costs, pack_lists, packing_is_exact
+
+LAYOUTS = ("packed", "shared", "pairs")
 
 
 def random_llama(seed: int = 0, vocab: int = 40) -> LlamaForCausalLM:
@@ -104,39 +107,41 @@ def test_collate_lists_left_pads_prompts_and_right_pads_responses():
     assert batch["owner"].tolist() == [0, 0, 1]
 
 
-@pytest.mark.parametrize("pack", [None, False, True])
-def test_one_prompt_pass_per_list_gives_the_repeated_prompt_logps_and_gradients(pack):
+@pytest.mark.parametrize("shared_prompt, layout", [(True, None), (True, "packed"), (True, "shared"), (True, "pairs"),
+                                                  (False, None), (False, "packed")])
+def test_every_layout_gives_the_repeated_prompt_logps_and_gradients(shared_prompt, layout):
     lists = random_lists(seed=7, n=5)
     flat = [(p, r) for p, rs in lists for r in rs]
     weights = torch.randn(len(flat))
-    shared_model, repeated_model = random_llama(seed=8).train(), random_llama(seed=8).train()
-    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0), pack=pack)
+    model, repeated_model = random_llama(seed=8).train(), random_llama(seed=8).train()
+    got = list_logps(model, lists, 0, "cpu", shared_prompt, layout)
     repeated = sequence_logps(repeated_model, collate_pairs(flat, pad_id=0))
-    want = torch.tensor([unpadded_reference(shared_model, p, r) for p, r in flat], dtype=torch.float64)
-    torch.testing.assert_close(shared.double(), want, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(shared, repeated, atol=1e-5, rtol=1e-5)
-    (weights * shared).sum().backward()
-    (weights * repeated).sum().backward()
-    for (name, p), q in zip(shared_model.named_parameters(), repeated_model.parameters()):
-        torch.testing.assert_close(p.grad, q.grad, atol=1e-5, rtol=1e-4, msg=name)
+    want = torch.tensor([unpadded_reference(model, p, r) for p, r in flat], dtype=torch.float64)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    assert_same_values_and_gradients(model, got, repeated_model, repeated, weights)
 
 
-def test_packed_response_pass_puts_each_lists_responses_in_one_row():
-    batch = collate_lists([([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]])], pad_id=0)
-    predicts = batch["response_mask"][:, 1:]
-    packed = pack_responses(batch["prompt_mask"], batch["response_ids"], predicts, batch["owner"])
-    # inputs are each response but its last token; positions restart after the prompt for every response
-    assert packed["input_ids"].tolist() == [[7, 8, 4], [2, 0, 0]]
-    assert packed["position_ids"].tolist() == [[2, 3, 2], [1, 1, 1]]
-    assert packed["select"].tolist() == [[True, True, True], [True, False, False]]
+def test_pack_lists_packs_segments_into_rows_with_a_mask_per_list_and_response():
+    lists = [([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]]), ([3], [[4, 4, 4]])]
+    packed = pack_lists(lists, pad_id=0)
+    # segments of 5, 2 and 3 positions in rows of 5: the first alone, the third then the second in row 1
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4], [3, 4, 4, 1, 2]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 1]]  # restart after the prompt
+    # a response's first token is predicted by its prompt's last position (1, or 5 + 3 in row 1)
+    assert packed["select"].tolist() == [1, 2, 3, 1, 4, 8, 9, 5, 6, 7]
+    assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4]
+    assert packed["response"].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
     T, F = True, False
     assert packed["attention_mask"][:, 0].tolist() == [
-        [[T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [7, 8] see the prompt and each other causally, [4] itself
-        [[F, T, T, F, F], [F, T, F, F, F], [F, T, F, F, F]],  # padding queries see the prompt only
+        [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [4] skips [7, 8]
+        [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [F, F, F, T, F], [F, F, F, T, T]],  # two lists apart
     ]
+    padded = pack_lists([([1, 2, 3], [[4, 5]]), ([6], [[7]]), ([8, 9], [[1]])], pad_id=0)  # 4, 1, 2 positions
+    assert padded["input_ids"].tolist() == [[1, 2, 3, 4], [8, 9, 6, 0]]  # first fit, longest first; padding at the end
+    assert padded["attention_mask"][1, 0, 3].tolist() == [F, F, F, T]  # padding sees only itself
 
 
-def test_packing_is_used_only_where_it_is_exact_and_pays():
+def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
     model = random_llama(seed=23)
     assert packing_is_exact(model.config)
     eager = LlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"}))
@@ -144,16 +149,29 @@ def test_packing_is_used_only_where_it_is_exact_and_pays():
     windowed = MistralForCausalLM(MistralConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
                                                 num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
     assert not packing_is_exact(windowed.config)
-    # two 9-token responses pack into one row of 16 positions instead of two of 8 plus padding to 8;
-    # one 9-token response beside eight 2-token ones packs into a row of 16 instead of nine rows of 8
-    for responses, pays in (([[1] * 9, [1] * 9], False), ([[1] * 9] + [[1] * 2] * 8, True)):
-        batch = collate_lists([([1, 2], responses)], pad_id=0)
-        assert packing_pays(model.config, batch["prompt_mask"], batch["response_mask"][:, 1:], batch["owner"]) is pays
+    # per layer: 2 × (4·32² + 3·32·64) = 20,480 per position, 4 · 32 = 128 per (query, key) pair
+    costs = layout_costs(model.config, [([1, 2], [[1] * 9, [1] * 3])])  # segment 2 + 8 + 2 = 12
+    assert costs == {"packed": 12 * (20480 + 128 * 12),
+                     "shared": 2 * (20480 + 128 * 2) + 2 * 8 * (20480 + 128 * 10),
+                     "pairs": 2 * 10 * (20480 + 128 * 10)}
+    called = []
+    for name in ("packed_logps", "shared_prompt_logps", "sequence_logps"):
+        monkeypatch.setattr(logprobs, name, lambda m, batch, name=name, f=getattr(logprobs, name): called.append(name) or f(m, batch))
+    long = [([1] * 8, [[2] * 64] * 8)]  # many long responses: one long packed row costs more attention than it saves
+    assert min(layout_costs(model.config, long).items(), key=lambda kv: kv[1])[0] == "shared"
     lists = random_lists(seed=24, n=4)
-    with torch.no_grad():  # an eager model still gets exact log-probs: it takes the unpacked layout
-        got = shared_prompt_logps(eager.eval(), collate_lists(lists, pad_id=0))
+    assert min(layout_costs(model.config, lists).items(), key=lambda kv: kv[1])[0] == "packed"
+    with torch.no_grad():
+        list_logps(model, long, 0, "cpu")
+        list_logps(model, lists, 0, "cpu")
+        list_logps(model, lists, 0, "cpu", shared_prompt=False)  # pairs packed side by side
+        assert called == ["shared_prompt_logps", "packed_logps", "packed_logps"]
+        got = list_logps(eager.eval(), lists, 0, "cpu")  # an eager model still gets exact log-probs, unpacked
+        assert called[-1] == "shared_prompt_logps"
     want = torch.tensor([unpadded_reference(eager, p, r) for p, rs in lists for r in rs], dtype=torch.float64)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="layout 'packed' is not exact"):  # an eager model cannot be forced to pack
+        list_logps(eager, lists, 0, "cpu", layout="packed")
 
 
 def full_logits_logps(model, pairs):
@@ -195,15 +213,16 @@ class ScaledHead(torch.nn.Linear):
     """A head that is not a plain nn.Linear (as a LoRA-wrapped head is not): log-probs come from its logits."""
 
 
-def test_a_head_that_is_not_a_plain_linear_gets_the_same_values_and_gradients():
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_a_head_that_is_not_a_plain_linear_gets_the_same_values_and_gradients(layout):
     lists = random_lists(seed=13, n=4)
     plain, wrapped = random_llama(seed=14).train(), random_llama(seed=14).train()
     head = ScaledHead(32, 40, bias=False)
     head.weight = wrapped.lm_head.weight
     wrapped.lm_head = head
     assert logprobs._plain_head(wrapped) is None and logprobs._plain_head(plain) is not None
-    assert_same_values_and_gradients(plain, shared_prompt_logps(plain, collate_lists(lists, pad_id=0)),
-                                     wrapped, shared_prompt_logps(wrapped, collate_lists(lists, pad_id=0)),
+    assert_same_values_and_gradients(plain, list_logps(plain, lists, 0, "cpu", layout=layout),
+                                     wrapped, list_logps(wrapped, lists, 0, "cpu", layout=layout),
                                      torch.randn(sum(len(rs) for _, rs in lists)))
 
 
@@ -222,16 +241,13 @@ class LargestVocabularyTensor(TorchDispatchMode):
         return out
 
 
-@pytest.mark.parametrize("shared", [False, True])
-def test_no_logits_tensor_larger_than_a_chunk_exists_in_forward_or_backward(monkeypatch, shared):
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_no_logits_tensor_larger_than_a_chunk_exists_in_forward_or_backward(monkeypatch, layout):
     monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 4 * 40)
     model = random_llama(seed=15).train()
     lists = random_lists(seed=16, n=6)
     with LargestVocabularyTensor(40) as seen:
-        if shared:
-            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
-        else:
-            logps = sequence_logps(model, collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id=0))
+        logps = list_logps(model, lists, 0, "cpu", layout=layout)
         logps.sum().backward()
     assert 0 < seen.largest <= 4 * 40  # the full logits would be [N, L, 40]
 
@@ -242,8 +258,7 @@ def checkpointed(model):
     return model
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(monkeypatch, pack):
+def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(monkeypatch):
     reads: dict[int, int] = {}
     update = logprobs._SharedPromptCache.update
 
@@ -257,7 +272,7 @@ def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(mo
     flat = [(p, r) for p, rs in lists for r in rs]
     shared_model, repeated_model = checkpointed(random_llama(seed=18).train()), random_llama(seed=18).train()
     assert logprobs.can_share_prompt(shared_model)
-    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0), pack=pack)
+    shared = shared_prompt_logps(shared_model, collate_lists(lists, pad_id=0))
     assert reads == {0: 1, 1: 1}  # the response pass ran once, reading the prompts' cache
     assert_same_values_and_gradients(shared_model, shared, repeated_model,
                                      sequence_logps(repeated_model, collate_pairs(flat, pad_id=0)), torch.randn(len(flat)))
@@ -267,7 +282,7 @@ def test_shared_prompt_under_checkpointing_equals_repeated_prompts_without_it(mo
     assert "forward" not in vars(shared_model.lm_head)
 
 
-def test_reentrant_checkpointing_cannot_share_the_prompt():
+def test_reentrant_checkpointing_cannot_share_the_prompt_through_a_cache():
     model = random_llama(seed=19).train()
     model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": True})
     assert not logprobs.can_share_prompt(model)
@@ -276,14 +291,24 @@ def test_reentrant_checkpointing_cannot_share_the_prompt():
     assert logprobs.can_share_prompt(random_llama(seed=19).train())
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32(pack):
+@pytest.mark.parametrize("reentrant", [False, True])
+def test_packed_lists_under_checkpointing_equal_repeated_prompts_without_it(reentrant):
+    lists = random_lists(seed=25, n=5)
+    flat = [(p, r) for p, rs in lists for r in rs]
+    model, repeated_model = random_llama(seed=26).train(), random_llama(seed=26).train()
+    model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": reentrant})
+    assert_same_values_and_gradients(model, list_logps(model, lists, 0, "cpu", layout="packed"), repeated_model,
+                                     sequence_logps(repeated_model, collate_pairs(flat, pad_id=0)), torch.randn(len(flat)))
+
+
+@pytest.mark.parametrize("layout", ["packed", "shared"])
+def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32(layout):
     lists = random_lists(seed=21, n=4)
     grads = []
     for autocast in (False, True):
         model = random_llama(seed=22).train()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            logps = shared_prompt_logps(model, collate_lists(lists, pad_id=0), pack=pack)
+            logps = list_logps(model, lists, 0, "cpu", layout=layout)
             logps.sum().backward()
         assert logps.dtype == torch.float32
         grads.append((logps.detach(), model.lm_head.weight.grad, model.model.layers[0].mlp.up_proj.weight.grad))

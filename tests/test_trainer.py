@@ -159,10 +159,10 @@ def test_shared_prompt_and_repeated_prompt_training_agree(tiny_tokenizer, tiny_m
 def test_activation_checkpointing_keeps_the_shared_prompt_with_the_same_losses(tiny_tokenizer, tiny_model_config, monkeypatch):
     import dataclasses
 
-    import larpo.trainer
+    import larpo.logprobs
     from larpo.models import build_tiny_model, prepare_policy
 
-    calls = {"shared": 0, "repeated": 0}
+    calls = {"packed": 0, "shared": 0, "repeated": 0}
 
     def counted(name, fn):
         def wrapper(*args, **kwargs):
@@ -170,8 +170,8 @@ def test_activation_checkpointing_keeps_the_shared_prompt_with_the_same_losses(t
             return fn(*args, **kwargs)
         return wrapper
 
-    monkeypatch.setattr(larpo.trainer, "shared_prompt_logps", counted("shared", larpo.trainer.shared_prompt_logps))
-    monkeypatch.setattr(larpo.trainer, "sequence_logps", counted("repeated", larpo.trainer.sequence_logps))
+    for name, fn in (("packed", "packed_logps"), ("shared", "shared_prompt_logps"), ("repeated", "sequence_logps")):
+        monkeypatch.setattr(larpo.logprobs, fn, counted(name, getattr(larpo.logprobs, fn)))
     lists = fixed_lists(6)
     cfg = phase_cfg(epochs=1, batch_size=3, micro_batch_size=3)
     plain = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=6)
@@ -180,7 +180,8 @@ def test_activation_checkpointing_keeps_the_shared_prompt_with_the_same_losses(t
     a = train_phase(plain, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     b = train_phase(checkpointed, tiny_tokenizer, lists, cfg, make_accelerator(cfg), seed=1, progress=False).losses
     torch.testing.assert_close(torch.tensor(a), torch.tensor(b), atol=1e-5, rtol=1e-5)
-    assert calls == {"shared": 2 * (1 + 2), "repeated": 0}  # per phase: one reference batch, two steps; no fallback
+    # per phase: one reference batch, two steps; prompts shared (packed or through a cache), never repeated
+    assert calls["packed"] + calls["shared"] == 2 * (1 + 2) and calls["repeated"] == 0
     for p, q in zip(plain.parameters(), checkpointed.parameters()):
         torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-5)
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from .packing import pack_responses, packing_is_exact, packing_pays
+from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
 
 # Logits per chunk of the LM head: rows x vocabulary float32 values (32 MB), e.g. 170 tokens at a
 # 49k vocabulary. Large enough for an efficient matmul, small beside the model's activations.
@@ -96,21 +96,79 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
             "response_mask": response_mask, "owner": owner}
 
 
-def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor], pack: bool | None = None) -> torch.Tensor:
+def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device | str, shared_prompt: bool = True,
+               layout: str | None = None) -> torch.Tensor:
+    """log π of every response of ``lists`` ((prompt ids, [response ids, ...]) each): float32 [N], list by list.
+
+    Runs ``layout``, by default :func:`choose_layout`'s: ``packed`` (:func:`packed_logps`),
+    ``shared`` (:func:`shared_prompt_logps`) or ``pairs`` (:func:`sequence_logps`, a row per
+    (prompt, response)). With ``shared_prompt`` False every response is a list of its own, its
+    prompt repeated, in any layout.
+    """
+    exact = exact_layouts(model, shared_prompt)
+    layout = layout or choose_layout(model, lists, shared_prompt)
+    if layout not in exact:
+        raise ValueError(f"list_logps: layout {layout!r} is not exact for this model, or unknown (exact: {', '.join(exact)})")
+    if not shared_prompt:
+        lists = [(p, [r]) for p, rs in lists for r in rs]
+    if layout == "packed":
+        return packed_logps(model, {k: v.to(device) for k, v in pack_lists(lists, pad_id).items()})
+    if layout == "shared":
+        return shared_prompt_logps(model, {k: v.to(device) for k, v in collate_lists(lists, pad_id).items()})
+    pairs = collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id)
+    return sequence_logps(model, {k: v.to(device) for k, v in pairs.items()})
+
+
+def exact_layouts(model: nn.Module, shared_prompt: bool = True) -> list[str]:
+    """The layouts :func:`list_logps` can run exactly on ``model`` as it is set up.
+
+    ``packed`` where :func:`larpo.packing.packing_is_exact` (SDPA attention, no sliding window);
+    ``shared`` when ``shared_prompt`` and :func:`can_share_prompt`; ``pairs`` always.
+    """
+    packed = packing_is_exact(base_model(model).config.get_text_config())
+    return [name for name, ok in (("packed", packed), ("shared", shared_prompt and can_share_prompt(model)), ("pairs", True))
+            if ok]
+
+
+def choose_layout(model: nn.Module, lists: Lists, shared_prompt: bool = True,
+                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
+    """The exact layout (:func:`exact_layouts`) with the fewest estimated FLOPs (:func:`larpo.packing.layout_costs`).
+
+    ``reduce`` sums a tensor over processes (e.g. ``accelerator.reduce``): every process then picks
+    the same layout from the costs of all their lists, which a multi-process run needs, since the
+    layouts run different numbers of forward passes and a DDP or FSDP forward is a collective.
+    """
+    if not shared_prompt:
+        lists = [(p, [r]) for p, rs in lists for r in rs]
+    costs = layout_costs(base_model(model).config.get_text_config(), lists)
+    total = torch.tensor([costs[name] for name in LAYOUTS], dtype=torch.float64)
+    total = reduce(total) if reduce is not None else total
+    exact = exact_layouts(model, shared_prompt)
+    return min(exact, key=lambda name: total[LAYOUTS.index(name)].item())
+
+
+def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    """:func:`sequence_logps` of lists packed side by side in rows, one forward pass: a float32 tensor [N].
+
+    ``batch`` is the output of :func:`larpo.packing.pack_lists`, on the model's device. Exact where
+    :func:`larpo.packing.packing_is_exact` holds; activation checkpointing works as for any forward.
+    """
+    select, response = batch["select"], batch["response"]
+    token_logps = _selected_logps(
+        model, lambda x: x.flatten(0, 1)[select], batch["targets"], input_ids=batch["input_ids"],
+        attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False,
+    )
+    return token_logps.new_zeros(int(response[-1]) + 1).index_add(0, response, token_logps)
+
+
+def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """:func:`sequence_logps` with one prompt pass per list: a float32 tensor [N].
 
-    The B prompts run once and fill a key/value cache; the N responses then run on top of it,
-    each reading its own prompt's keys and values (gradients flow back through that read into
-    the shared prompt pass). ``batch`` is the output of :func:`collate_lists`, on the model's
-    device.
-
-    The response pass has two layouts. Unpacked: one row per response, [N, R − 1] positions, each
-    row reading a copy of its prompt's cache. Packed: one row per list, its m responses one after
-    another, [B, S] positions with S the longest list's Σ (len − 1), and a 4-D attention mask that
-    lets each response see its prompt and its own earlier tokens only: no padding between a list's
-    responses and no cache copies, for attention over the whole row. ``pack=None`` picks the
-    layout with fewer estimated FLOPs (:func:`larpo.packing.packing_pays`) where packing is exact
-    (SDPA attention, no sliding window); True or False forces it.
+    The B prompts run once and fill a key/value cache; the N responses then run on top of it, one
+    row per response ([N, R − 1] positions), each reading a copy of its own prompt's keys and
+    values (gradients flow back through that read into the shared prompt pass). ``batch`` is the
+    output of :func:`collate_lists`, on the model's device. This layout suits any attention
+    implementation; :func:`packed_logps` shares the prompt without a cache where it is exact.
 
     Under activation checkpointing (see :func:`can_share_prompt`) the prompt pass keeps its
     activations, since it writes the cache, and the response pass is checkpointed: it only reads
@@ -123,35 +181,24 @@ def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor], pack: 
         batch["prompt_mask"], batch["response_ids"], batch["response_mask"], batch["owner"])
     cache, cache_arg = _SharedPromptCache(), cache_argument(model)
     checkpointed = _checkpointed_layers(model)
-    prompt_positions = left_padded_positions(prompt_mask)
     last_only = {"logits_to_keep": 1} if forward_accepts(model, "logits_to_keep") else {}
     with _set_attributes(checkpointed, gradient_checkpointing=False):
         # The prompt's last position predicts the first response token.
         logps = _selected_logps(
             model, lambda x: x[:, -1][owner], response_ids[:, 0],
-            input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=prompt_positions,
+            input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=left_padded_positions(prompt_mask),
             use_cache=True, **last_only, **{cache_arg: cache},
         )
     if response_ids.shape[1] == 1:
         return logps
     predicts = response_mask[:, 1:]  # response position t predicts token t + 1
-    if pack is None:
-        config = base_model(model).config.get_text_config()
-        pack = packing_is_exact(config) and packing_pays(config, prompt_mask, predicts, owner)
-    if pack:
-        cache.readers = slice(None)  # row b of the packed pass is list b: its own prompt, no copies
-        inputs = pack_responses(prompt_mask, response_ids, predicts, owner)
-        select = inputs.pop("select")
-    else:
-        cache.readers = owner
-        width = response_ids.shape[1] - 1
-        prompt_lengths = prompt_mask.sum(dim=1)
-        inputs = {"input_ids": response_ids[:, :-1],
-                  "attention_mask": torch.cat([prompt_mask[owner], response_mask[:, :-1].long()], dim=1),
-                  "position_ids": prompt_lengths[owner, None] + torch.arange(width, device=owner.device)[None, :]}
-        select = predicts
+    cache.readers = owner
+    width = response_ids.shape[1] - 1
+    inputs = {"input_ids": response_ids[:, :-1],
+              "attention_mask": torch.cat([prompt_mask[owner], response_mask[:, :-1].long()], dim=1),
+              "position_ids": prompt_mask.sum(dim=1)[owner, None] + torch.arange(width, device=owner.device)[None, :]}
     with _set_attributes(checkpointed, _can_checkpoint_with_cache=True):
-        rest = _selected_logps(model, lambda x: x[select], response_ids[:, 1:][predicts],
+        rest = _selected_logps(model, lambda x: x[predicts], response_ids[:, 1:][predicts],
                                use_cache=False, **inputs, **{cache_arg: cache})
     return logps + _row_sums(rest, predicts)
 
@@ -291,12 +338,12 @@ class _LinearLogps(torch.autograd.Function):
 class _SharedPromptCache(DynamicCache):
     """The prompts' keys and values: written by the prompt pass, then only read.
 
-    Once ``readers`` (owner [N], or ``slice(None)`` when row b reads prompt b) is set, ``update``
+    Once ``readers`` (owner [N]: the prompt each row reads) is set, ``update``
     returns each row's prompt keys/values followed by the row's own, and stores nothing: a layer
     replayed in backward under checkpointing sees the cache exactly as its first run did.
     """
 
-    readers: torch.Tensor | slice | None = None
+    readers: torch.Tensor | None = None
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         if self.readers is None:

@@ -1,19 +1,26 @@
-"""The packed layout of the shared-prompt response pass (:func:`larpo.logprobs.shared_prompt_logps`).
+"""The packed layout of a log-prob pass (:func:`larpo.logprobs.packed_logps`): lists side by side in rows.
 
-One row per list instead of one row per response: a list's m responses follow each other in one
-row after the list's prompt cache, each seeing its prompt and its own earlier tokens under a 4-D
-attention mask, with position ids that restart after the prompt for every response. No padding
-between a list's responses and no copies of the prompt's cache, for attention over the whole row.
+Each list becomes one segment — its prompt once, then each response but its last token, the
+responses one after another — and segments are packed into rows of the longest segment's width
+(first-fit decreasing), with a 4-D attention mask that lets every token see its own prompt and
+its own response's earlier tokens only, and position ids that restart after the prompt for every
+response. One forward pass, no key/value cache, padding only where no segment fits; attention is
+computed over whole rows, which :func:`layout_costs` weighs against the padding saved.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from transformers import PretrainedConfig
 
+Lists = Sequence[tuple[Sequence[int], Sequence[Sequence[int]]]]  # (prompt ids, responses' ids) per list
+LAYOUTS = ("packed", "shared", "pairs")  # the keys of layout_costs, in order of preference at equal cost
+
 
 def packing_is_exact(config: PretrainedConfig) -> bool:
-    """Whether the packed layout computes what one row per response does, for a model with this (text) config.
+    """Whether the packed layout computes what one sequence per response does, for a model with this (text) config.
 
     The packed pass hands the model a boolean 4-D attention mask, which transformers passes to SDPA
     as it is: right for SDPA attention without a sliding window (a window would be dropped with the
@@ -25,54 +32,87 @@ def packing_is_exact(config: PretrainedConfig) -> bool:
     return getattr(config, "_attn_implementation", None) == "sdpa" and windowless
 
 
-def packing_pays(config: PretrainedConfig, prompt_mask: torch.Tensor, predicts: torch.Tensor, owner: torch.Tensor) -> bool:
-    """Whether the packed response pass costs fewer FLOPs per layer than one row per response.
+def layout_costs(config: PretrainedConfig, lists: Lists) -> dict[str, float]:
+    """Estimated FLOPs per layer of the three layouts of one forward pass over ``lists``.
 
-    Per position, the layer's matmuls (2 × (4h² + 3h·I), a dense-MLP estimate); per attended
-    (query, key) pair, 4h. prompt_mask [B, P]; predicts [N, R − 1]; owner [N].
+    ``packed`` (:func:`pack_lists`); ``shared`` (a prompt pass of B left-padded prompts, then one
+    row per response reading its prompt's cache); ``pairs`` (one right-padded row per (prompt,
+    response)). Per position, the layer's matmuls, 2 × (4h² + 3h·I) (a dense-MLP estimate); per
+    attended (query, key) pair, 4h (masked pairs cost as much as attended ones).
     """
     h = config.hidden_size
     per_position = 2 * (4 * h * h + 3 * h * (getattr(config, "intermediate_size", None) or 4 * h))
-    (b, p), (n, width) = prompt_mask.shape, predicts.shape
-    packed_width = _packed_width(predicts.sum(dim=1), owner, b)
-    unpacked = n * width * (per_position + 4 * h * (p + width))
-    packed = b * packed_width * (per_position + 4 * h * (p + packed_width))
-    return packed < unpacked
+
+    def cost(rows: int, queries: int, keys: int) -> float:
+        return rows * queries * (per_position + 4 * h * keys)
+
+    prompt = max(len(p) for p, _ in lists)
+    response = max(len(r) for _, rs in lists for r in rs)
+    pair = max(len(p) + len(r) for p, rs in lists for r in rs)
+    n = sum(len(rs) for _, rs in lists)
+    _, rows, width = _bins([_segment_length(p, rs) for p, rs in lists])
+    return {"packed": cost(rows, width, width),
+            "shared": cost(len(lists), prompt, prompt) + cost(n, response - 1, prompt + response - 1),
+            "pairs": cost(n, pair - 1, pair - 1)}
 
 
-def pack_responses(prompt_mask: torch.Tensor, response_ids: torch.Tensor, predicts: torch.Tensor,
-                   owner: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Inputs of the packed response pass: each list's responses (all but their last token) in one row.
+def pack_lists(lists: Lists, pad_id: int) -> dict[str, torch.Tensor]:
+    """Inputs of the packed pass over ``lists``, and where to read each response's log-probs.
 
-    prompt_mask [B, P] (left-padded); response_ids [N, R]; predicts [N, R − 1] (True where
-    position t predicts a response token); owner [N], non-decreasing (responses grouped by list,
-    as :func:`larpo.logprobs.collate_lists` gives them). Returns ``input_ids`` and
-    ``position_ids`` [B, S], ``attention_mask`` [B, 1, S, P + S] bool, and ``select`` [B, S] bool:
-    the real positions, in the row-major order of ``predicts``'s True entries.
+    Returns ``input_ids`` and ``position_ids`` [K, W] long, ``attention_mask`` [K, 1, W, W] bool
+    (True: the query may see the key), and for the M = Σ len(response) predicted tokens, in order
+    of the responses (list by list) and of their tokens: ``select`` [M] long, the position (index
+    into the K·W positions, row-major) whose output predicts the token; ``targets`` [M] long, the
+    token; ``response`` [M] long, its response (0 .. N − 1). A response's first token is predicted
+    by its prompt's last position; padding sees only itself, so no softmax row is empty.
     """
-    b, device = prompt_mask.shape[0], owner.device
-    prompt_lengths = prompt_mask.sum(dim=1)  # [B]: where each list's responses start
-    counts = predicts.sum(dim=1)  # [N] input positions per response
-    before = counts.cumsum(0) - counts  # positions of earlier responses, over all lists
-    sizes = torch.bincount(owner, minlength=b)  # responses per list
-    start = before - before[(sizes.cumsum(0) - sizes)[owner]]  # offset of each response in its list's row
-    width = _packed_width(counts, owner, b)
-    n_idx, t_idx = predicts.nonzero(as_tuple=True)
-    rows, cols = owner[n_idx], start[n_idx] + t_idx
-    input_ids = torch.zeros((b, width), dtype=response_ids.dtype, device=device)
-    input_ids[rows, cols] = response_ids[n_idx, t_idx]
-    positions = prompt_lengths[:, None].expand(b, width).clone()
-    positions[rows, cols] = prompt_lengths[rows] + t_idx
-    segment = torch.full((b, width), -1, dtype=torch.long, device=device)
-    segment[rows, cols] = n_idx
-    select = segment >= 0
-    same = (segment[:, :, None] == segment[:, None, :]) & select[:, None, :]
-    causal = positions[:, None, :] <= positions[:, :, None]
-    # Padding queries see the prompt only (never an empty row, whose softmax would be NaN).
-    mask = torch.cat([prompt_mask.bool()[:, None, :].expand(b, width, -1), same & causal], dim=2)
-    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": mask[:, None], "select": select}
+    if not lists or any(not p or not rs or any(not r for r in rs) for p, rs in lists):
+        raise ValueError("pack_lists needs non-empty prompts, each with at least one non-empty response")
+    where, rows, width = _bins([_segment_length(p, rs) for p, rs in lists])
+    input_ids = torch.full((rows, width), pad_id, dtype=torch.long)
+    positions = torch.zeros((rows, width), dtype=torch.long)
+    segment = torch.full((rows, width), -1, dtype=torch.long)  # list of each position; −1: padding
+    part = torch.full((rows, width), -1, dtype=torch.long)  # response of each position; −1: its prompt
+    select, targets, response = [], [], []
+    first_response = 0
+    for i, (prompt, responses) in enumerate(lists):
+        row, start = where[i]
+        end = start + len(prompt)
+        input_ids[row, start:end] = torch.tensor(prompt)
+        positions[row, start:end] = torch.arange(len(prompt))
+        segment[row, start:end] = i
+        for j, r in enumerate(responses, start=first_response):
+            inputs = torch.arange(end, end + len(r) - 1)
+            input_ids[row, inputs] = torch.tensor(r[:-1], dtype=torch.long)
+            positions[row, inputs] = torch.arange(len(prompt), len(prompt) + len(r) - 1)
+            segment[row, inputs], part[row, inputs] = i, j
+            select.append(row * width + torch.cat([torch.tensor([start + len(prompt) - 1]), inputs]))
+            targets.append(torch.tensor(r, dtype=torch.long))
+            response.append(torch.full((len(r),), j))
+            end += len(r) - 1
+        first_response += len(responses)
+    order = torch.arange(width)
+    visible = ((segment[:, None, :] == segment[:, :, None]) & (segment[:, None, :] >= 0)
+               & ((part[:, None, :] == -1) | (part[:, None, :] == part[:, :, None]))
+               & (order[None, :] <= order[:, None])) | torch.eye(width, dtype=torch.bool)
+    return {"input_ids": input_ids, "position_ids": positions, "attention_mask": visible[:, None],
+            "select": torch.cat(select), "targets": torch.cat(targets), "response": torch.cat(response)}
 
 
-def _packed_width(counts: torch.Tensor, owner: torch.Tensor, lists: int) -> int:
-    """S, the longest row of the packed pass: the largest per-list sum of ``counts`` [N] (positions per response)."""
-    return int(torch.zeros(lists, dtype=torch.long, device=owner.device).index_add_(0, owner, counts).max())
+def _segment_length(prompt: Sequence[int], responses: Sequence[Sequence[int]]) -> int:
+    """Positions of a list's segment: its prompt, then every response but its last token."""
+    return len(prompt) + sum(len(r) - 1 for r in responses)
+
+
+def _bins(lengths: list[int]) -> tuple[list[tuple[int, int]], int, int]:
+    """First-fit decreasing of segments into rows as wide as the longest: ((row, start) per segment, rows, width)."""
+    width = max(lengths)
+    filled: list[int] = []
+    where = [(0, 0)] * len(lengths)
+    for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        row = next((k for k, used in enumerate(filled) if used + lengths[i] <= width), len(filled))
+        if row == len(filled):
+            filled.append(0)
+        where[i] = (row, filled[row])
+        filled[row] += lengths[i]
+    return where, len(filled), width

@@ -15,7 +15,7 @@ import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .encoding import encode_prompt, encode_response, pad_id
 from .io import append_jsonl
 from .lists import RankedList
-from .logprobs import can_share_prompt, collate_lists, collate_pairs, sequence_logps, shared_prompt_logps
+from .logprobs import choose_layout, list_logps
 from .losses import get_loss
 from .models import save_policy
 from .parallel import gather_merged, my_share
@@ -75,13 +75,16 @@ def make_accelerator(cfg: TrainConfig, threads: int | None = None) -> Accelerato
     return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
 
 
+def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over ``model``'s parameters: fused (one kernel over all of them, as HF Trainer's default) where
+    every parameter is a floating-point tensor on a CPU or CUDA device, else torch's per-parameter loop."""
+    fused = all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in model.parameters())
+    return torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay, fused=fused)
+
+
 def list_tokens(el: EncodedList) -> int:
     """Token positions a list costs in one forward: prompt once plus every response."""
     return len(el.prompt_ids) + sum(len(r) for r in el.response_ids)
-
-
-def _flat_pairs(batch: Sequence[EncodedList]) -> list[tuple[list[int], list[int]]]:
-    return [(el.prompt_ids, r) for el in batch for r in el.response_ids]
 
 
 def _to_matrix(flat: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,20 +169,18 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
 
 
 def policy_logps(
-    model: nn.Module, batch: Sequence[EncodedList], pad: int, device: torch.device, shared_prompt: bool
+    model: nn.Module, batch: Sequence[EncodedList], pad: int, device: torch.device, shared_prompt: bool,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """log π of every response of a micro-batch of lists, flat [Σ m], list by list.
+    """log π of every response of a micro-batch of lists, flat [Σ m], list by list (:func:`larpo.logprobs.list_logps`).
 
-    ``shared_prompt`` runs each list's prompt once and reuses its key/value cache for the m
-    responses, with or without activation checkpointing (:func:`larpo.logprobs.can_share_prompt`
-    says when it cannot, and then prompts are repeated); otherwise every (prompt, response) pair
-    is a sequence of its own.
+    ``shared_prompt`` runs each list's prompt once for its m responses (packed side by side with
+    them, or as a key/value cache they read), with or without activation checkpointing; otherwise
+    every (prompt, response) pair is a sequence of its own. ``reduce`` (a sum over processes) makes
+    every process choose the same layout (:func:`larpo.logprobs.choose_layout`).
     """
-    if shared_prompt and can_share_prompt(model):
-        inputs = collate_lists([(el.prompt_ids, el.response_ids) for el in batch], pad)
-        return shared_prompt_logps(model, {k: v.to(device) for k, v in inputs.items()})
-    inputs = collate_pairs(_flat_pairs(batch), pad)
-    return sequence_logps(model, {k: v.to(device) for k, v in inputs.items()})
+    lists = [(el.prompt_ids, el.response_ids) for el in batch]
+    return list_logps(model, lists, pad, device, shared_prompt, choose_layout(model, lists, shared_prompt, reduce))
 
 
 def _list_losses(
@@ -190,10 +191,11 @@ def _list_losses(
     cfg: TrainConfig,
     pad: int,
     device: torch.device,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
     sizes = [len(el.response_ids) for el in batch]
-    policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt), sizes)
+    policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt, reduce), sizes)
     reference, _ = _to_matrix(torch.cat(list(ref)).to(device), sizes)
     rewards, _ = _to_matrix(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32, device=device), sizes)
     gamma = cfg.beta * (policy - reference)
@@ -244,12 +246,13 @@ def train_phase(
         lengths = [list_tokens(el) for el in encoded]
         steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
         total_steps = steps_per_epoch * cfg.epochs
-        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        optimizer = adamw(model, cfg.lr, cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         wrapped.train()
         rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
+        reduce = functools.partial(accelerator.reduce, reduction="sum") if world > 1 else None
 
         losses: list[float] = []
         metrics: list[dict] = []
@@ -271,7 +274,7 @@ def train_phase(
                     sync = micro == n_micro - 1
                     with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
                         per_list, stats = _list_losses(
-                            wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device
+                            wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device, reduce
                         )
                         accelerator.backward(per_list.sum() * (scale * weight))
                     totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
