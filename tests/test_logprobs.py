@@ -10,10 +10,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
 from larpo import logprobs
-from larpo.logprobs import collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
-from larpo.packing import layout_costs, pack_lists, packing_is_exact
-
-LAYOUTS = ("packed", "shared", "pairs")
+from larpo.logprobs import choose_layout, collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
+from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact
 
 
 def random_llama(seed: int = 0, vocab: int = 40) -> LlamaForCausalLM:
@@ -136,7 +134,8 @@ def test_pack_lists_packs_segments_into_rows_with_a_mask_per_list_and_response()
         [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [4] skips [7, 8]
         [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [F, F, F, T, F], [F, F, F, T, T]],  # two lists apart
     ]
-    padded = pack_lists([([1, 2, 3], [[4, 5]]), ([6], [[7]]), ([8, 9], [[1]])], pad_id=0)  # 4, 1, 2 positions
+    short = [([1, 2, 3], [[4, 5]]), ([6], [[7]]), ([8, 9], [[1]])]  # segments of 4, 1 and 2 positions
+    padded = pack_lists(short, pad_id=0)  # rows as wide as the longest segment: the first alone
     assert padded["input_ids"].tolist() == [[1, 2, 3, 4], [8, 9, 6, 0]]  # first fit, longest first; padding at the end
     assert padded["attention_mask"][1, 0, 3].tolist() == [F, F, F, T]  # padding sees only itself
 
@@ -172,6 +171,17 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout 'packed' is not exact"):  # an eager model cannot be forced to pack
         list_logps(eager, lists, 0, "cpu", layout="packed")
+
+
+def test_every_process_chooses_from_the_costs_summed_over_processes():
+    model = random_llama(seed=23)
+    short, long = random_lists(seed=24, n=4), [([1] * 8, [[2] * 64] * 8)]
+    costs = {name: torch.tensor([layout_costs(model.config, lists)[k] for k in LAYOUTS], dtype=torch.float64)
+             for name, lists in (("short", short), ("long", long))}
+    assert choose_layout(model, short) == "packed" and choose_layout(model, long) == "shared"
+    # two processes, one with each micro-batch: both take the layout cheapest for the two together
+    assert choose_layout(model, short, reduce=lambda t: t + costs["long"]) == "shared"
+    assert choose_layout(model, long, reduce=lambda t: t + costs["short"]) == "shared"
 
 
 def full_logits_logps(model, pairs):

@@ -1,8 +1,10 @@
-"""Summed response-token log-probabilities of a causal LM: log π(y|x) for a batch of pairs.
+"""Summed response-token log-probabilities of a causal LM: log π(y|x) for pairs and for lists.
 
-Prompt and response ids are tokenised separately (``larpo.encoding``) and concatenated, each
-sequence right-padded, so positions start at 0 for every example and a response's log-prob does
-not depend on its neighbours in the batch.
+Prompt and response ids are tokenised separately (``larpo.encoding``) and concatenated. Three
+layouts compute the same log-probs (:func:`list_logps` picks one): a right-padded row per pair
+(:func:`sequence_logps`); each list's prompt once, its cache read by a row per response
+(:func:`shared_prompt_logps`); lists packed side by side in rows (:func:`packed_logps`). In each,
+positions restart at 0 at each response's own prompt, and a response sees nothing of its neighbours.
 
 Log-probs are taken only at the positions that predict a response token. With a plain linear LM
 head they are computed inside the model's forward from the head's weight, a chunk of tokens at a
