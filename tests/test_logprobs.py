@@ -154,8 +154,13 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
                      "shared": 2 * (20480 + 128 * 2) + 2 * 8 * (20480 + 128 * 10),
                      "pairs": 2 * 10 * (20480 + 128 * 10)}
     called = []
+
+    def recorded(name: str):
+        run = getattr(logprobs, name)
+        return lambda model, batch: called.append(name) or run(model, batch)
+
     for name in ("packed_logps", "shared_prompt_logps", "sequence_logps"):
-        monkeypatch.setattr(logprobs, name, lambda m, batch, name=name, f=getattr(logprobs, name): called.append(name) or f(m, batch))
+        monkeypatch.setattr(logprobs, name, recorded(name))
     long = [([1] * 8, [[2] * 64] * 8)]  # many long responses: one long packed row costs more attention than it saves
     assert min(layout_costs(model.config, long).items(), key=lambda kv: kv[1])[0] == "shared"
     lists = random_lists(seed=24, n=4)
