@@ -329,3 +329,17 @@ def test_chunked_head_under_bf16_autocast_stays_within_bf16_rounding_of_float32(
         grads.append((logps.detach(), model.lm_head.weight.grad, model.model.layers[0].mlp.up_proj.weight.grad))
     for exact, rounded in zip(*grads):
         assert (rounded - exact).abs().max() <= 2e-2 * exact.abs().max()
+
+
+def test_one_token_responses_still_run_the_response_pass(monkeypatch):
+    """Processes of a multi-process run must make the same forward calls: the cache layout runs its
+    response pass even when every response of a micro-batch is a single token."""
+    model = random_llama(seed=27)
+    calls = []
+    monkeypatch.setattr(model.model, "forward", lambda *a, f=model.model.forward, **k: calls.append(1) or f(*a, **k))
+    lists = [([1, 2, 3], [[4], [5]]), ([6], [[7]])]
+    with torch.no_grad():
+        got = shared_prompt_logps(model, collate_lists(lists, pad_id=0))
+    assert len(calls) == 2  # the prompt pass and the response pass
+    want = torch.tensor([unpadded_reference(model, p, r) for p, rs in lists for r in rs], dtype=torch.float64)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)

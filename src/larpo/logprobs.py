@@ -191,8 +191,10 @@ def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tor
             input_ids=batch["prompt_ids"], attention_mask=prompt_mask, position_ids=left_padded_positions(prompt_mask),
             use_cache=True, **last_only, **{cache_arg: cache},
         )
-    if response_ids.shape[1] == 1:
-        return logps
+    if response_ids.shape[1] == 1:  # every response one token: still a response pass (its token, predicting
+        # nothing), so that every process of a multi-process run makes the same forward calls whatever its responses
+        response_ids = torch.cat([response_ids, response_ids], dim=1)
+        response_mask = torch.cat([response_mask, torch.zeros_like(response_mask)], dim=1)
     predicts = response_mask[:, 1:]  # response position t predicts token t + 1
     cache.readers = owner
     width = response_ids.shape[1] - 1
