@@ -99,17 +99,17 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
 
 
 def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device | str, shared_prompt: bool = True,
-               layout: str | None = None) -> torch.Tensor:
+               layout: str | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """log π of every response of ``lists`` ((prompt ids, [response ids, ...]) each): float32 [N], list by list.
 
-    Runs ``layout``, by default :func:`choose_layout`'s: ``packed`` (:func:`packed_logps`),
-    ``shared`` (:func:`shared_prompt_logps`) or ``pairs`` (:func:`sequence_logps`, a row per
-    (prompt, response)). With ``shared_prompt`` False every response is a list of its own, its
-    prompt repeated, in any layout.
+    Runs ``layout``, by default :func:`choose_layout`'s (with ``reduce``): ``packed``
+    (:func:`packed_logps`), ``shared`` (:func:`shared_prompt_logps`) or ``pairs``
+    (:func:`sequence_logps`, a row per (prompt, response)). With ``shared_prompt`` False every
+    response is a list of its own, its prompt repeated, in any layout.
     """
-    exact = exact_layouts(model, shared_prompt)
-    layout = layout or choose_layout(model, lists, shared_prompt)
-    if layout not in exact:
+    if layout is None:
+        layout = choose_layout(model, lists, shared_prompt, reduce)
+    elif layout not in (exact := exact_layouts(model, shared_prompt)):
         raise ValueError(f"list_logps: layout {layout!r} is not exact for this model, or unknown (exact: {', '.join(exact)})")
     if not shared_prompt:
         lists = [(p, [r]) for p, rs in lists for r in rs]

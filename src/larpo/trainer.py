@@ -27,7 +27,7 @@ from .config import TrainConfig
 from .encoding import encode_prompt, encode_response, pad_id
 from .io import append_jsonl
 from .lists import RankedList
-from .logprobs import choose_layout, list_logps
+from .logprobs import list_logps
 from .losses import get_loss
 from .models import save_policy
 from .parallel import gather_merged, my_share
@@ -179,8 +179,8 @@ def policy_logps(
     every (prompt, response) pair is a sequence of its own. ``reduce`` (a sum over processes) makes
     every process choose the same layout (:func:`larpo.logprobs.choose_layout`).
     """
-    lists = [(el.prompt_ids, el.response_ids) for el in batch]
-    return list_logps(model, lists, pad, device, shared_prompt, choose_layout(model, lists, shared_prompt, reduce))
+    return list_logps(model, [(el.prompt_ids, el.response_ids) for el in batch], pad, device, shared_prompt,
+                      reduce=reduce)
 
 
 def _list_losses(
