@@ -44,7 +44,6 @@ import trl_dpo
 from larpo.config import ModelConfig, TrainConfig
 from larpo.lists import RankedList
 from larpo.logprobs import collate_lists, collate_pairs
-from larpo.packing import pack_lists
 from larpo.models import prepare_policy
 from larpo.trainer import encode_lists, list_tokens, make_accelerator, reference_logps, train_phase
 
@@ -288,15 +287,15 @@ def table_one(a, model: str, run) -> str:
 
 
 def padding_line(a) -> str:
-    """Padded fraction of the positions a micro-batch runs, per layout: the step's lists in shuffled
-    order vs sorted by list_tokens (what train_phase does)."""
+    """Padded fraction of the positions a micro-batch runs, per padded layout: the step's lists in shuffled
+    order vs sorted by list_tokens (what train_phase does). The packed layout (lists in one row) has none."""
     with tempfile.TemporaryDirectory() as tmp:
         tok = common.word_tokenizer(shape(a, "20M").vocab - 3, f"{tmp}/tok")
         encoded = encode_lists(tok, ranked(pair_rows(a, "20M")))
     pad = tok.pad_token_id
     lengths = [list_tokens(el) for el in encoded]
     order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(a.seed * 1000)).tolist()  # as train_phase
-    layouts = ("shared prompt, one row per response", "shared prompt, lists packed side by side", "one sequence per response")
+    layouts = ("shared prompt, one row per response", "one sequence per response")
     counts = {(layout, how): [0, 0] for layout in layouts for how in ("shuffled", "sorted")}  # [padded, run]
     for start in range(0, len(order), a.batch):
         step = order[start : start + a.batch]
@@ -306,18 +305,16 @@ def padding_line(a) -> str:
                 lists = [(e.prompt_ids, e.response_ids) for e in micro]
                 b = collate_lists(lists, pad)
                 predicts = b["response_mask"][:, 1:]
-                real = int(b["prompt_mask"].sum() + predicts.sum())
-                runs = (b["prompt_mask"].numel() + predicts.numel(), pack_lists(lists, pad)["input_ids"].numel())
-                for layout, run in zip(layouts[:2], runs):
-                    counts[layout, how][0] += run - real
-                    counts[layout, how][1] += run
+                counts[layouts[0], how][0] += int((b["prompt_mask"] == 0).sum() + (predicts == 0).sum())
+                counts[layouts[0], how][1] += b["prompt_mask"].numel() + predicts.numel()
                 mask = collate_pairs([(e.prompt_ids, r) for e in micro for r in e.response_ids], pad)["attention_mask"][:, :-1]
-                counts[layouts[2], how][0] += int((mask == 0).sum())
-                counts[layouts[2], how][1] += mask.numel()
+                counts[layouts[1], how][0] += int((mask == 0).sum())
+                counts[layouts[1], how][1] += mask.numel()
     f = {k: f"{100 * v[0] / v[1]:.1f}%" for k, v in counts.items()}
     return (f"Padding (table-1 pairs of the 20M model, {a.batch} lists/step, micro-batches of {a.micro}; padded share "
             "of the positions run, shuffled -> length-grouped): "
-            + "; ".join(f"{layout} {f[layout, 'shuffled']} -> {f[layout, 'sorted']}" for layout in layouts))
+            + "; ".join(f"{layout} {f[layout, 'shuffled']} -> {f[layout, 'sorted']}" for layout in layouts)
+            + "; lists packed in one row (the packed layout) none")
 
 
 def main() -> int:

@@ -9,16 +9,19 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
-from larpo import logprobs
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+from larpo import logprobs, segment_attention
 from larpo.logprobs import choose_layout, collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
-from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact
+from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact, segment_masks
+from larpo.segment_attention import Segments
 
 
-def random_llama(seed: int = 0, vocab: int = 40) -> LlamaForCausalLM:
+def random_llama(seed: int = 0, vocab: int = 40, kv_heads: int = 4) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
         vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-        num_attention_heads=4, max_position_embeddings=64, pad_token_id=0,
+        num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64, pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()
 
@@ -105,13 +108,15 @@ def test_collate_lists_left_pads_prompts_and_right_pads_responses():
     assert batch["owner"].tolist() == [0, 0, 1]
 
 
-@pytest.mark.parametrize("shared_prompt, layout", [(True, None), (True, "packed"), (True, "shared"), (True, "pairs"),
-                                                  (False, None), (False, "packed")])
-def test_every_layout_gives_the_repeated_prompt_logps_and_gradients(shared_prompt, layout):
+@pytest.mark.parametrize("shared_prompt, layout, kv_heads", [
+    (True, None, 4), (True, "packed", 4), (True, "shared", 4), (True, "pairs", 4), (False, None, 4), (False, "packed", 4),
+    (True, "packed", 2),  # grouped-query attention
+])
+def test_every_layout_gives_the_repeated_prompt_logps_and_gradients(shared_prompt, layout, kv_heads):
     lists = random_lists(seed=7, n=5)
     flat = [(p, r) for p, rs in lists for r in rs]
     weights = torch.randn(len(flat))
-    model, repeated_model = random_llama(seed=8).train(), random_llama(seed=8).train()
+    model, repeated_model = random_llama(seed=8, kv_heads=kv_heads).train(), random_llama(seed=8, kv_heads=kv_heads).train()
     got = list_logps(model, lists, 0, "cpu", shared_prompt, layout)
     repeated = sequence_logps(repeated_model, collate_pairs(flat, pad_id=0))
     want = torch.tensor([unpadded_reference(model, p, r) for p, r in flat], dtype=torch.float64)
@@ -119,25 +124,48 @@ def test_every_layout_gives_the_repeated_prompt_logps_and_gradients(shared_promp
     assert_same_values_and_gradients(model, got, repeated_model, repeated, weights)
 
 
-def test_pack_lists_packs_segments_into_rows_with_a_mask_per_list_and_response():
+def test_pack_lists_puts_lists_one_after_another_with_a_mask_per_list_and_response():
     lists = [([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]]), ([3], [[4, 4, 4]])]
-    packed = pack_lists(lists, pad_id=0)
-    # segments of 5, 2 and 3 positions in rows of 5: the first alone, the third then the second in row 1
-    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4], [3, 4, 4, 1, 2]]
-    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2], [0, 1, 2, 0, 1]]  # restart after the prompt
-    # a response's first token is predicted by its prompt's last position (1, or 5 + 3 in row 1)
-    assert packed["select"].tolist() == [1, 2, 3, 1, 4, 8, 9, 5, 6, 7]
+    packed = pack_lists(lists)
+    # segments of 5, 2 and 3 positions in one row, no padding
+    assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4, 1, 2, 3, 4, 4]]
+    assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 0, 1, 2]]  # restart after the prompt
+    assert packed["lengths"].tolist() == [5, 2, 3]
+    assert packed["part"].tolist() == [-1, -1, 0, 0, 1, -1, 2, -1, 3, 3]
+    # a response's first token is predicted by its prompt's last position (1, 5 and 7)
+    assert packed["select"].tolist() == [1, 2, 3, 1, 4, 5, 6, 7, 8, 9]
     assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4]
     assert packed["response"].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
     T, F = True, False
-    assert packed["attention_mask"][:, 0].tolist() == [
+    assert [m.tolist() for m in segment_masks(packed["lengths"].tolist(), packed["part"])] == [
         [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [4] skips [7, 8]
-        [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [F, F, F, T, F], [F, F, F, T, T]],  # two lists apart
+        [[T, F], [T, T]],
+        [[T, F, F], [T, T, F], [T, T, T]],
     ]
-    short = [([1, 2, 3], [[4, 5]]), ([6], [[7]]), ([8, 9], [[1]])]  # segments of 4, 1 and 2 positions
-    padded = pack_lists(short, pad_id=0)  # rows as wide as the longest segment: the first alone
-    assert padded["input_ids"].tolist() == [[1, 2, 3, 4], [8, 9, 6, 0]]  # first fit, longest first; padding at the end
-    assert padded["attention_mask"][1, 0, 3].tolist() == [F, F, F, T]  # padding sees only itself
+    masks = Segments([5, 2, 3], packed["part"]).masks(torch.bfloat16)
+    assert [tuple(m.shape) for m in masks] == [(1, 1, 5, 5), (1, 1, 2, 2), (1, 1, 3, 3)] and masks[0].dtype == torch.bfloat16
+    assert masks[0][0, 0, 4].tolist() == [0, 0, float("-inf"), float("-inf"), 0]
+
+
+def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_what_it_cannot_do(monkeypatch):
+    model = random_llama(seed=25, kv_heads=2)
+    ids = torch.tensor([[3, 4, 5, 6], [7, 8, 9, 0]])
+    mask = torch.tensor([[1, 1, 1, 1], [1, 1, 1, 0]])
+    with torch.no_grad():
+        before = model(input_ids=ids, attention_mask=mask).logits
+        segment_attention.install()
+        assert ALL_ATTENTION_FUNCTIONS["sdpa"] is segment_attention.segment_sdpa
+        assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
+        segments = Segments([4], torch.tensor([-1, -1, 0, 0]))
+        q = torch.randn(1, 4, 4, 8)
+        with pytest.raises(ValueError, match="position_bias"):
+            segment_attention.segment_sdpa(model.model.layers[0].self_attn, q, q, q, None, larpo_segments=segments,
+                                           position_bias=torch.zeros(1, 4, 4, 4))
+        # a model whose attention does not call the registered function cannot be packed: an error, not wrong numbers
+        monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "sdpa", segment_attention._TRANSFORMERS_SDPA)
+        monkeypatch.setattr(segment_attention, "install", lambda: None)
+        with pytest.raises(RuntimeError, match="did not go through"):
+            list_logps(model, random_lists(seed=26, n=2), 0, "cpu", layout="packed")
 
 
 def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
@@ -149,10 +177,10 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
                                                 num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
     assert not packing_is_exact(windowed.config)
     # per layer: 2 × (4·32² + 3·32·64) = 20,480 per position, 4 · 32 = 128 per (query, key) pair
-    costs = layout_costs(model.config, [([1, 2], [[1] * 9, [1] * 3])])  # segment 2 + 8 + 2 = 12
-    assert costs == {"packed": 12 * (20480 + 128 * 12),
-                     "shared": 2 * (20480 + 128 * 2) + 2 * 8 * (20480 + 128 * 10),
-                     "pairs": 2 * 10 * (20480 + 128 * 10)}
+    costs = layout_costs(model.config, [([1, 2], [[1] * 9, [1] * 3]), ([1], [[1] * 3])])  # segments 2 + 8 + 2 = 12, 1 + 2
+    assert costs == {"packed": 12 * (20480 + 128 * 12) + 3 * (20480 + 128 * 3),
+                     "shared": 2 * 2 * (20480 + 128 * 2) + 3 * 8 * (20480 + 128 * 10),
+                     "pairs": 3 * 10 * (20480 + 128 * 10)}
     called = []
 
     def recorded(name: str):

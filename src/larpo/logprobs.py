@@ -3,8 +3,9 @@
 Prompt and response ids are tokenised separately (``larpo.encoding``) and concatenated. Three
 layouts compute the same log-probs (:func:`list_logps` picks one): a right-padded row per pair
 (:func:`sequence_logps`); each list's prompt once, its cache read by a row per response
-(:func:`shared_prompt_logps`); lists packed side by side in rows (:func:`packed_logps`). In each,
-positions restart at 0 at each response's own prompt, and a response sees nothing of its neighbours.
+(:func:`shared_prompt_logps`); lists one after another in one row, attention list by list
+(:func:`packed_logps`). In each, positions restart at 0 at each response's own prompt, and a
+response sees nothing of its neighbours.
 
 Log-probs are taken only at the positions that predict a response token. With a plain linear LM
 head they are computed inside the model's forward from the head's weight, a chunk of tokens at a
@@ -24,6 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
+from . import segment_attention
 from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
 
 # Logits per chunk of the LM head: rows x vocabulary float32 values (32 MB), e.g. 170 tokens at a
@@ -114,7 +116,7 @@ def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device
     if not shared_prompt:
         lists = [(p, [r]) for p, rs in lists for r in rs]
     if layout == "packed":
-        return packed_logps(model, {k: v.to(device) for k, v in pack_lists(lists, pad_id).items()})
+        return packed_logps(model, {k: v.to(device) for k, v in pack_lists(lists).items()})
     if layout == "shared":
         return shared_prompt_logps(model, {k: v.to(device) for k, v in collate_lists(lists, pad_id).items()})
     pairs = collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id)
@@ -124,10 +126,13 @@ def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device
 def exact_layouts(model: nn.Module, shared_prompt: bool = True) -> list[str]:
     """The layouts :func:`list_logps` can run exactly on ``model`` as it is set up.
 
-    ``packed`` where :func:`larpo.packing.packing_is_exact` (SDPA attention, no sliding window);
+    ``packed`` where :func:`larpo.packing.packing_is_exact` (SDPA attention, no sliding window) and
+    the model's forward takes any keyword (which transformers hands on to the attention layers);
     ``shared`` when ``shared_prompt`` and :func:`can_share_prompt`; ``pairs`` always.
     """
-    packed = packing_is_exact(base_model(model).config.get_text_config())
+    base = base_model(model)
+    packed = packing_is_exact(base.config.get_text_config()) and any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(base.forward).parameters.values())
     return [name for name, ok in (("packed", packed), ("shared", shared_prompt and can_share_prompt(model)), ("pairs", True))
             if ok]
 
@@ -150,16 +155,26 @@ def choose_layout(model: nn.Module, lists: Lists, shared_prompt: bool = True,
 
 
 def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-    """:func:`sequence_logps` of lists packed side by side in rows, one forward pass: a float32 tensor [N].
+    """:func:`sequence_logps` of lists packed one after another in one row, one forward pass: a float32 tensor [N].
 
-    ``batch`` is the output of :func:`larpo.packing.pack_lists`, on the model's device. Exact where
-    :func:`larpo.packing.packing_is_exact` holds; activation checkpointing works as for any forward.
+    ``batch`` is the output of :func:`larpo.packing.pack_lists`, on the model's device; attention
+    runs list by list (:mod:`larpo.segment_attention`). Exact where
+    :func:`larpo.packing.packing_is_exact` holds and the model's forward hands keywords on to its
+    attention layers (:func:`exact_layouts`); activation checkpointing works as for any forward.
     """
+    segment_attention.install()
+    segments = segment_attention.Segments(batch["lengths"].tolist(), batch["part"])
     select, response = batch["select"], batch["response"]
+    ids = batch["input_ids"]
     token_logps = _selected_logps(
-        model, lambda x: x.flatten(0, 1)[select], batch["targets"], input_ids=batch["input_ids"],
-        attention_mask=batch["attention_mask"], position_ids=batch["position_ids"], use_cache=False,
+        model, lambda x: x[0, select], batch["targets"], input_ids=ids, position_ids=batch["position_ids"],
+        # A 4-D mask is used as it is (no [T, T] mask is built); the segments' own masks replace it.
+        attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=ids.device), use_cache=False,
+        larpo_segments=segments,
     )
+    if segments.calls == 0:
+        raise RuntimeError(f"packed_logps: the attention of {type(base_model(model)).__name__} did not go through "
+                           "transformers' attention functions; use list_logps(layout='shared')")
     return token_logps.new_zeros(int(response[-1]) + 1).index_add(0, response, token_logps)
 
 

@@ -174,7 +174,7 @@ def policy_logps(
 ) -> torch.Tensor:
     """log π of every response of a micro-batch of lists, flat [Σ m], list by list (:func:`larpo.logprobs.list_logps`).
 
-    ``shared_prompt`` runs each list's prompt once for its m responses (packed side by side with
+    ``shared_prompt`` runs each list's prompt once for its m responses (packed one after another with
     them, or as a key/value cache they read), with or without activation checkpointing; otherwise
     every (prompt, response) pair is a sequence of its own. ``reduce`` (a sum over processes) makes
     every process choose the same layout (:func:`larpo.logprobs.choose_layout`).
