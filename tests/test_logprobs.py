@@ -13,7 +13,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from larpo import logprobs, segment_attention
 from larpo.logprobs import choose_layout, collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
-from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact, segment_masks
+from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact
 from larpo.segment_attention import Segments
 
 
@@ -124,27 +124,26 @@ def test_every_layout_gives_the_repeated_prompt_logps_and_gradients(shared_promp
     assert_same_values_and_gradients(model, got, repeated_model, repeated, weights)
 
 
-def test_pack_lists_puts_lists_one_after_another_with_a_mask_per_list_and_response():
-    lists = [([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]]), ([3], [[4, 4, 4]])]
+def test_pack_lists_puts_lists_one_after_another_and_segments_attend_list_by_list():
+    lists = [([5, 6], [[7, 8, 9], [4, 3]]), ([1], [[2, 2]]), ([3], [[4], [4, 4, 4]])]
     packed = pack_lists(lists)
-    # segments of 5, 2 and 3 positions in one row, no padding
+    # segments of 5, 2 and 3 positions in one row, no padding; a one-token response takes no position
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4, 1, 2, 3, 4, 4]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 0, 1, 2]]  # restart after the prompt
-    assert packed["lengths"].tolist() == [5, 2, 3]
-    assert packed["part"].tolist() == [-1, -1, 0, 0, 1, -1, 2, -1, 3, 3]
+    assert packed["prompt_lengths"].tolist() == [2, 1, 1] and packed["list_sizes"].tolist() == [2, 1, 2]
+    assert packed["response_inputs"].tolist() == [2, 1, 1, 0, 2]
     # a response's first token is predicted by its prompt's last position (1, 5 and 7)
-    assert packed["select"].tolist() == [1, 2, 3, 1, 4, 5, 6, 7, 8, 9]
-    assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4]
-    assert packed["response"].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 3, 3]
-    T, F = True, False
-    assert [m.tolist() for m in segment_masks(packed["lengths"].tolist(), packed["part"])] == [
-        [[T, F, F, F, F], [T, T, F, F, F], [T, T, T, F, F], [T, T, T, T, F], [T, T, F, F, T]],  # [4] skips [7, 8]
-        [[T, F], [T, T]],
-        [[T, F, F], [T, T, F], [T, T, T]],
-    ]
-    masks = Segments([5, 2, 3], packed["part"]).masks(torch.bfloat16)
-    assert [tuple(m.shape) for m in masks] == [(1, 1, 5, 5), (1, 1, 2, 2), (1, 1, 3, 3)] and masks[0].dtype == torch.bfloat16
-    assert masks[0][0, 0, 4].tolist() == [0, 0, float("-inf"), float("-inf"), 0]
+    assert packed["select"].tolist() == [1, 2, 3, 1, 4, 5, 6, 7, 7, 8, 9]
+    assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4, 4]
+    assert packed["response"].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 4]
+    segments = Segments([2, 1, 1], [2, 1, 1, 0, 2], [2, 1, 2])
+    assert segments.lists == [(2, [2, 1]), (1, [1]), (1, [0, 2])] and segments.pieces == [2, 2, 1, 1, 1, 1, 0, 2]
+    # later responses with positions: [4] after prompt [5, 6]; [4, 4] after prompt [3] (its first response [4] has none)
+    masks = segments.masks(torch.bfloat16, torch.device("cpu"))
+    inf = float("-inf")
+    assert [m.dtype for m in masks] == [torch.bfloat16] * 2
+    assert masks[0].tolist() == [[[[0, 0, 0]]]]
+    assert masks[1].tolist() == [[[[0, 0, inf], [0, 0, 0]]]]
 
 
 def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_what_it_cannot_do(monkeypatch):
@@ -156,7 +155,7 @@ def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_wha
         segment_attention.install()
         assert ALL_ATTENTION_FUNCTIONS["sdpa"] is segment_attention.segment_sdpa
         assert torch.equal(model(input_ids=ids, attention_mask=mask).logits, before)
-        segments = Segments([4], torch.tensor([-1, -1, 0, 0]))
+        segments = Segments([2], [2], [1])
         q = torch.randn(1, 4, 4, 8)
         with pytest.raises(ValueError, match="position_bias"):
             segment_attention.segment_sdpa(model.model.layers[0].self_attn, q, q, q, None, larpo_segments=segments,
@@ -168,6 +167,10 @@ def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_wha
             list_logps(model, random_lists(seed=26, n=2), 0, "cpu", layout="packed")
 
 
+UNEQUAL = [([1], [[2] * 40]), ([1] * 40, [[2]])]  # short prompt and long response, and the reverse
+LONG = [([1] * 8, [[2] * 64] * 8)]  # many long responses to one prompt
+
+
 def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
     model = random_llama(seed=23)
     assert packing_is_exact(model.config)
@@ -177,8 +180,10 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
                                                 num_attention_heads=4, num_key_value_heads=2, sliding_window=16))
     assert not packing_is_exact(windowed.config)
     # per layer: 2 × (4·32² + 3·32·64) = 20,480 per position, 4 · 32 = 128 per (query, key) pair
-    costs = layout_costs(model.config, [([1, 2], [[1] * 9, [1] * 3]), ([1], [[1] * 3])])  # segments 2 + 8 + 2 = 12, 1 + 2
-    assert costs == {"packed": 12 * (20480 + 128 * 12) + 3 * (20480 + 128 * 3),
+    costs = layout_costs(model.config, [([1, 2], [[1] * 9, [1] * 3]), ([1], [[1] * 3])])
+    # packed: 12 + 3 positions; causal over prompt + first response (10 and 3 positions: 55 and 6 pairs),
+    # the later response's 2 queries against 2 + 2 keys
+    assert costs == {"packed": 15 * 20480 + 128 * (55 + 6 + 2 * 4),
                      "shared": 2 * 2 * (20480 + 128 * 2) + 3 * 8 * (20480 + 128 * 10),
                      "pairs": 3 * 10 * (20480 + 128 * 10)}
     called = []
@@ -189,17 +194,17 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
 
     for name in ("packed_logps", "shared_prompt_logps", "sequence_logps"):
         monkeypatch.setattr(logprobs, name, recorded(name))
-    long = [([1] * 8, [[2] * 64] * 8)]  # many long responses: one long packed row costs more attention than it saves
-    assert min(layout_costs(model.config, long).items(), key=lambda kv: kv[1])[0] == "shared"
     lists = random_lists(seed=24, n=4)
-    assert min(layout_costs(model.config, lists).items(), key=lambda kv: kv[1])[0] == "packed"
+    eager.eval()
     with torch.no_grad():
-        list_logps(model, long, 0, "cpu")
-        list_logps(model, lists, 0, "cpu")
-        list_logps(model, lists, 0, "cpu", shared_prompt=False)  # pairs packed side by side
-        assert called == ["shared_prompt_logps", "packed_logps", "packed_logps"]
-        got = list_logps(eager.eval(), lists, 0, "cpu")  # an eager model still gets exact log-probs, unpacked
-        assert called[-1] == "shared_prompt_logps"
+        for case in (lists, UNEQUAL, LONG):  # packed wherever it is exact: no padding, no attention across responses
+            list_logps(model, case, 0, "cpu")
+            list_logps(model, case, 0, "cpu", shared_prompt=False)  # pairs packed one after another
+        assert called == ["packed_logps"] * 6
+        got = list_logps(eager, lists, 0, "cpu")  # an eager model still gets exact log-probs, unpacked
+        list_logps(eager, UNEQUAL, 0, "cpu")  # short prompts, long responses, and the reverse: pairs pad less
+        list_logps(eager, LONG, 0, "cpu")  # many responses to one prompt: the prompt once
+        assert called[6:] == ["shared_prompt_logps", "sequence_logps", "shared_prompt_logps"]
     want = torch.tensor([unpadded_reference(eager, p, r) for p, rs in lists for r in rs], dtype=torch.float64)
     torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="layout 'packed' is not exact"):  # an eager model cannot be forced to pack
@@ -208,13 +213,13 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
 
 def test_every_process_chooses_from_the_costs_summed_over_processes():
     model = random_llama(seed=23)
-    short, long = random_lists(seed=24, n=4), [([1] * 8, [[2] * 64] * 8)]
+    eager = LlamaForCausalLM(model.config.__class__(**{**model.config.to_dict(), "attn_implementation": "eager"}))
     costs = {name: torch.tensor([layout_costs(model.config, lists)[k] for k in LAYOUTS], dtype=torch.float64)
-             for name, lists in (("short", short), ("long", long))}
-    assert choose_layout(model, short) == "packed" and choose_layout(model, long) == "shared"
+             for name, lists in (("unequal", UNEQUAL), ("long", LONG))}
+    assert choose_layout(eager, UNEQUAL) == "pairs" and choose_layout(eager, LONG) == "shared"
     # two processes, one with each micro-batch: both take the layout cheapest for the two together
-    assert choose_layout(model, short, reduce=lambda t: t + costs["long"]) == "shared"
-    assert choose_layout(model, long, reduce=lambda t: t + costs["short"]) == "shared"
+    assert choose_layout(eager, UNEQUAL, reduce=lambda t: t + costs["long"]) == "pairs"
+    assert choose_layout(eager, LONG, reduce=lambda t: t + costs["unequal"]) == "pairs"
 
 
 def full_logits_logps(model, pairs):

@@ -163,12 +163,13 @@ def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     attention layers (:func:`exact_layouts`); activation checkpointing works as for any forward.
     """
     segment_attention.install()
-    segments = segment_attention.Segments(batch["lengths"].tolist(), batch["part"])
     select, response = batch["select"], batch["response"]
+    segments = segment_attention.Segments(batch["prompt_lengths"].tolist(), batch["response_inputs"].tolist(),
+                                          batch["list_sizes"].tolist())
     ids = batch["input_ids"]
     token_logps = _selected_logps(
         model, lambda x: x[0, select], batch["targets"], input_ids=ids, position_ids=batch["position_ids"],
-        # A 4-D mask is used as it is (no [T, T] mask is built); the segments' own masks replace it.
+        # A 4-D mask is used as it is (no [T, T] mask is built); the row's structure replaces it.
         attention_mask=torch.ones(1, 1, 1, 1, dtype=torch.bool, device=ids.device), use_cache=False,
         larpo_segments=segments,
     )

@@ -2,11 +2,9 @@
 
 Each list becomes one segment — its prompt once, then each response but its last token, the
 responses one after another — and the segments are concatenated into a single row, with position
-ids that restart after the prompt for every response. Attention runs segment by segment
-(:mod:`larpo.segment_attention`), each segment under its own mask: a token sees its own prompt and
-its own response's earlier tokens. One forward pass, no key/value cache, no padding; a list's
-attention costs the square of its segment, which :func:`layout_costs` weighs against the other
-layouts.
+ids that restart after the prompt for every response. Attention runs list by list
+(:mod:`larpo.segment_attention`): a token sees its own prompt and its own response's earlier
+tokens. One forward pass, no key/value cache, no padding.
 """
 
 from __future__ import annotations
@@ -35,23 +33,33 @@ def packing_is_exact(config: PretrainedConfig) -> bool:
 def layout_costs(config: PretrainedConfig, lists: Lists) -> dict[str, float]:
     """Estimated FLOPs per layer of the three layouts of one forward pass over ``lists``.
 
-    ``packed`` (:func:`pack_lists`: each list's segment attends within itself); ``shared`` (a
-    prompt pass of B left-padded prompts, then one row per response reading its prompt's cache);
-    ``pairs`` (one right-padded row per (prompt, response)). Per position, the layer's matmuls,
-    2 × (4h² + 3h·I) (a dense-MLP estimate); per attended (query, key) pair, 4h (masked pairs cost
-    as much as attended ones).
+    ``packed`` (:func:`pack_lists`, attention as :mod:`larpo.segment_attention` runs it: causal
+    over each prompt and its first response, each later response against its prompt and itself);
+    ``shared`` (a prompt pass of B left-padded prompts, then one row per response reading its
+    prompt's cache); ``pairs`` (one right-padded row per (prompt, response)). Per position, the
+    layer's matmuls, 2 × (4h² + 3h·I) (a dense-MLP estimate); per attended (query, key) pair, 4h
+    (masked pairs cost as much as attended ones; a causal call without a mask skips the ones above
+    the diagonal). Where it is exact, ``packed`` is the cheapest: no padding, no masked pairs
+    across responses.
     """
     h = config.hidden_size
     per_position = 2 * (4 * h * h + 3 * h * (getattr(config, "intermediate_size", None) or 4 * h))
 
+    def attention(queries: float, keys: float) -> float:
+        return 4 * h * queries * keys
+
     def cost(rows: int, queries: int, keys: int) -> float:
-        return rows * queries * (per_position + 4 * h * keys)
+        return rows * (queries * per_position + attention(queries, keys))
 
     prompt = max(len(p) for p, _ in lists)
     response = max(len(r) for _, rs in lists for r in rs)
     pair = max(len(p) + len(r) for p, rs in lists for r in rs)
     n = sum(len(rs) for _, rs in lists)
-    return {"packed": sum(cost(1, length, length) for length in (_segment_length(p, rs) for p, rs in lists)),
+    packed = sum(_segment_length(p, rs) * per_position
+                 + attention(first := len(p) + len(rs[0]) - 1, (first + 1) / 2)  # causal: the lower triangle
+                 + sum(attention(len(r) - 1, len(p) + len(r) - 1) for r in rs[1:])
+                 for p, rs in lists)
+    return {"packed": packed,
             "shared": cost(len(lists), prompt, prompt) + cost(n, response - 1, prompt + response - 1),
             "pairs": cost(n, pair - 1, pair - 1)}
 
@@ -59,48 +67,37 @@ def layout_costs(config: PretrainedConfig, lists: Lists) -> dict[str, float]:
 def pack_lists(lists: Lists) -> dict[str, torch.Tensor]:
     """Inputs of the packed pass over ``lists``, and where to read each response's log-probs.
 
-    Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths); ``lengths``
-    [S] long, each list's segment length; ``part`` [T] long, the response each position belongs
-    to (0 .. N − 1, numbered list by list), −1 for a prompt position; and for the
-    M = Σ len(response) predicted tokens, in order of the responses and of their tokens:
+    Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths); the row's
+    structure: ``prompt_lengths`` [S] long (each list's prompt), ``list_sizes`` [S] long (its
+    responses) and ``response_inputs`` [N] long (the positions each response takes: its length − 1),
+    responses numbered list by list; and for
+    the M = Σ len(response) predicted tokens, in order of the responses and of their tokens:
     ``select`` [M] long, the position (index into the T) whose output predicts the token;
-    ``targets`` [M] long, the token; ``response`` [M] long, its response. A response's first token
-    is predicted by its prompt's last position.
+    ``targets`` [M] long, the token; ``response`` [M] long, its response (0 .. N − 1). A
+    response's first token is predicted by its prompt's last position.
     """
     if not lists or any(not p or not rs or any(not r for r in rs) for p, rs in lists):
         raise ValueError("pack_lists needs non-empty prompts, each with at least one non-empty response")
     ids: list[int] = []
     positions: list[int] = []
-    part: list[int] = []
     select, targets, response = [], [], []
-    j = 0
+    j = 0  # the response
     for prompt, responses in lists:
         last = len(ids) + len(prompt) - 1  # the prompt's last position predicts each response's first token
         ids += prompt
         positions += range(len(prompt))
-        part += [-1] * len(prompt)
         for r in responses:
             select += [last, *range(len(ids), len(ids) + len(r) - 1)]
             ids += r[:-1]
             positions += range(len(prompt), len(prompt) + len(r) - 1)
-            part += [j] * (len(r) - 1)
             targets += r
             response += [j] * len(r)
             j += 1
     long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
     return {"input_ids": long([ids]), "position_ids": long([positions]),
-            "lengths": long([_segment_length(p, rs) for p, rs in lists]), "part": long(part),
+            "prompt_lengths": long([len(p) for p, _ in lists]), "list_sizes": long([len(rs) for _, rs in lists]),
+            "response_inputs": long([len(r) - 1 for _, rs in lists for r in rs]),
             "select": long(select), "targets": long(targets), "response": long(response)}
-
-
-def segment_masks(lengths: Sequence[int], part: torch.Tensor) -> list[torch.Tensor]:
-    """Each segment's attention mask [L, L] bool (True: the query may see the key), from :func:`pack_lists`'s
-    ``lengths`` and ``part``: causal, and a response's tokens see their prompt and their own response only."""
-    masks = []
-    for p in part.split(list(lengths)):
-        causal = torch.ones(len(p), len(p), dtype=torch.bool, device=p.device).tril()
-        masks.append(causal & ((p[None, :] == -1) | (p[None, :] == p[:, None])))
-    return masks
 
 
 def _segment_length(prompt: Sequence[int], responses: Sequence[Sequence[int]]) -> int:
