@@ -70,8 +70,8 @@ def pack_lists(lists: Lists) -> dict[str, torch.Tensor]:
     Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths); the row's
     structure: ``prompt_lengths`` [S] long (each list's prompt), ``list_sizes`` [S] long (its
     responses) and ``response_inputs`` [N] long (the positions each response takes: its length − 1),
-    responses numbered list by list; and for
-    the M = Σ len(response) predicted tokens, in order of the responses and of their tokens:
+    responses numbered list by list; and for the M = Σ len(response) predicted tokens, in order of
+    the responses and of their tokens:
     ``select`` [M] long, the position (index into the T) whose output predicts the token;
     ``targets`` [M] long, the token; ``response`` [M] long, its response (0 .. N − 1). A
     response's first token is predicted by its prompt's last position.
