@@ -11,7 +11,7 @@ from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralFo
 
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
-from larpo import logprobs, segment_attention
+from larpo import lm_head, logprobs, segment_attention
 from larpo.logprobs import choose_layout, collate_lists, collate_pairs, list_logps, sequence_logps, shared_prompt_logps
 from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact
 from larpo.segment_attention import Segments
@@ -239,22 +239,22 @@ def assert_same_values_and_gradients(model_a, logps_a, model_b, logps_b, weights
 
 
 def test_chunked_head_gives_the_full_logits_values_and_gradients(monkeypatch):
-    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 3 * 40)  # 3 tokens per chunk: many chunks, a ragged last one
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 3 * 40)  # 3 tokens per chunk: many chunks, a ragged last one
     pairs = random_pairs(seed=11, n=7)
     chunked, full = random_llama(seed=12).train(), random_llama(seed=12).train()
-    assert logprobs._plain_head(chunked) is chunked.lm_head
+    assert lm_head.plain_head(chunked) is chunked.lm_head
     assert_same_values_and_gradients(chunked, sequence_logps(chunked, collate_pairs(pairs, pad_id=0)),
                                      full, full_logits_logps(full, pairs), torch.randn(len(pairs)))
 
 
 def test_linear_logps_gradients_with_a_bias_match_finite_differences(monkeypatch):
-    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 2 * 7)
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 2 * 7)
     g = torch.Generator().manual_seed(0)
     hidden = torch.randn(5, 4, dtype=torch.float64, generator=g, requires_grad=True)
     weight = torch.randn(7, 4, dtype=torch.float64, generator=g, requires_grad=True)
     bias = torch.randn(7, dtype=torch.float64, generator=g, requires_grad=True)
     targets = torch.tensor([0, 6, 3, 3, 1])
-    assert torch.autograd.gradcheck(lambda h, w, b: logprobs._LinearLogps.apply(h, w, b, targets), (hidden, weight, bias))
+    assert torch.autograd.gradcheck(lambda h, w, b: lm_head.LinearLogps.apply(h, w, b, targets), (hidden, weight, bias))
 
 
 class ScaledHead(torch.nn.Linear):
@@ -268,7 +268,7 @@ def test_a_head_that_is_not_a_plain_linear_gets_the_same_values_and_gradients(la
     head = ScaledHead(32, 40, bias=False)
     head.weight = wrapped.lm_head.weight
     wrapped.lm_head = head
-    assert logprobs._plain_head(wrapped) is None and logprobs._plain_head(plain) is not None
+    assert lm_head.plain_head(wrapped) is None and lm_head.plain_head(plain) is not None
     assert_same_values_and_gradients(plain, list_logps(plain, lists, 0, "cpu", layout=layout),
                                      wrapped, list_logps(wrapped, lists, 0, "cpu", layout=layout),
                                      torch.randn(sum(len(rs) for _, rs in lists)))
@@ -291,7 +291,7 @@ class LargestVocabularyTensor(TorchDispatchMode):
 
 @pytest.mark.parametrize("layout", LAYOUTS)
 def test_no_logits_tensor_larger_than_a_chunk_exists_in_forward_or_backward(monkeypatch, layout):
-    monkeypatch.setattr(logprobs, "CHUNK_ELEMENTS", 4 * 40)
+    monkeypatch.setattr(lm_head, "CHUNK_ELEMENTS", 4 * 40)
     model = random_llama(seed=15).train()
     lists = random_lists(seed=16, n=6)
     with LargestVocabularyTensor(40) as seen:

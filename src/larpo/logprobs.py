@@ -9,8 +9,8 @@ response sees nothing of its neighbours.
 
 Log-probs are taken only at the positions that predict a response token. With a plain linear LM
 head they are computed inside the model's forward from the head's weight, a chunk of tokens at a
-time (:class:`_LinearLogps`): no [N, L, V] logits tensor exists, in forward or in backward. Any
-other head (e.g. LoRA on ``lm_head``, or a model that scales its logits after the head) gets its
+time (:class:`larpo.lm_head.LinearLogps`): no [N, L, V] logits tensor exists, in forward or in
+backward. Any other head (e.g. LoRA on ``lm_head``, or a model that scales its logits after the head) gets its
 logits from the model and only the selected positions are kept.
 """
 
@@ -21,19 +21,11 @@ import inspect
 from typing import Callable, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from . import segment_attention
+from . import lm_head, segment_attention
 from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
-
-# Logits per chunk of the LM head: rows x vocabulary float32 values (32 MB), e.g. 170 tokens at a
-# 49k vocabulary. Large enough for an efficient matmul, small beside the model's activations.
-CHUNK_ELEMENTS = 2**23
-# Config fields of models that transform the logits after the head (Gemma, Cohere, Granite, Falcon-H1 ...).
-_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
-
 
 def collate_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad (prompt ids, response ids) pairs into one batch.
@@ -277,82 +269,17 @@ def _selected_logps(model: nn.Module, select: Callable[[torch.Tensor], torch.Ten
     head, else logits) to the [M, ·] rows that predict ``targets`` [M]. ``inputs`` go to the
     model's forward.
     """
-    head = _plain_head(model)
+    head = lm_head.plain_head(base_model(model))
     if head is None:
         logits = select(model(**inputs).logits).float()
         return logits.gather(-1, targets[:, None]).squeeze(-1) - torch.logsumexp(logits, dim=-1)
 
     # Runs inside the model's forward, where a sharded (FSDP) head's weight is whole.
     def logps(hidden: torch.Tensor) -> torch.Tensor:
-        return _LinearLogps.apply(select(hidden), head.weight, head.bias, targets)
+        return lm_head.LinearLogps.apply(select(hidden), head.weight, head.bias, targets)
 
     with _set_attributes([head], forward=logps):
         return model(**inputs).logits
-
-
-def _plain_head(model: nn.Module) -> nn.Linear | None:
-    """The LM head if log-probs may be computed from its weight: a plain ``nn.Linear`` whose logits the model uses as they are."""
-    base = base_model(model)
-    head = base.get_output_embeddings()
-    config = base.config.get_text_config()
-    if type(head) is not nn.Linear or any(getattr(config, name, None) not in (None, 1, 1.0) for name in _LOGIT_TRANSFORMS):
-        return None
-    return head
-
-
-class _LinearLogps(torch.autograd.Function):
-    """log softmax(h Wᵀ + b)[target] for rows h [M, H]: float32 [M], in chunks of rows.
-
-    Each chunk's logits [rows, V] live only while the chunk is processed; backward recomputes
-    them (one extra head matmul) and turns them into the softmax in place. Saved for backward:
-    h, the targets and the logsumexp [M]. The matmuls run in the dtype the forward's head matmul
-    had (autocast's, e.g. bf16), softmax and sums in float32.
-    """
-
-    @staticmethod
-    def forward(ctx, hidden, weight, bias, targets):
-        rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
-        out, lse = [], []
-        ctx.dtype = hidden.dtype
-        for h, t in zip(hidden.split(rows), targets.split(rows)):
-            logits = F.linear(h, weight, bias)
-            ctx.dtype = logits.dtype
-            logits = _wide(logits)
-            lse.append(torch.logsumexp(logits, dim=-1))
-            out.append(logits.gather(-1, t[:, None]).squeeze(-1) - lse[-1])
-        ctx.rows = rows
-        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lse) if lse else _wide(hidden.new_zeros(0)))
-        return torch.cat(out) if out else _wide(hidden.new_zeros(0))
-
-    @staticmethod
-    def backward(ctx, grad):
-        hidden, weight, bias, targets, lse = ctx.saved_tensors
-        need_h, need_w, need_b = ctx.needs_input_grad[:3]
-        dtype, rows = ctx.dtype, ctx.rows
-        grad_h = torch.empty_like(hidden) if need_h else None
-        wide = _wide(weight.new_zeros(0)).dtype
-        grad_w = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if need_b else None
-        w = weight.to(dtype)
-        b = bias.to(dtype) if bias is not None else None
-        with torch.autocast(hidden.device.type, enabled=False):
-            for start in range(0, hidden.shape[0], rows):
-                end = start + rows
-                h, g, t = hidden[start:end].to(dtype), grad[start:end].to(lse.dtype), targets[start:end]
-                # d logp[t] / d logits = onehot(t) − softmax, times the incoming gradient
-                d = _wide(F.linear(h, w, b)).sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
-                d.scatter_add_(1, t[:, None], g[:, None])
-                if need_b:
-                    grad_b += d.sum(dim=0)
-                d = d.to(dtype)
-                if need_h:
-                    grad_h[start:end] = (d @ w).to(hidden.dtype)
-                if need_w and d.dtype == wide:
-                    grad_w.addmm_(d.t(), h)
-                elif need_w:  # a bf16 (autocast) matmul, summed in float32
-                    grad_w += d.t() @ h
-        return (grad_h, grad_w.to(weight.dtype) if need_w else None,
-                grad_b.to(bias.dtype) if need_b else None, None)
 
 
 class _SharedPromptCache(DynamicCache):
@@ -371,11 +298,6 @@ class _SharedPromptCache(DynamicCache):
         layer = self.layers[layer_idx]
         return (torch.cat([layer.keys[self.readers], key_states], dim=-2),
                 torch.cat([layer.values[self.readers], value_states], dim=-2))
-
-
-def _wide(x: torch.Tensor) -> torch.Tensor:
-    """``x`` in float32, or as it is when it is already float32 or float64."""
-    return x if x.dtype in (torch.float32, torch.float64) else x.float()
 
 
 def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:
