@@ -117,6 +117,36 @@ def test_same_seed_same_result_and_different_seed_different_order(tiny_tokenizer
     assert runs[0] != runs[2]
 
 
+def test_a_finished_phase_frees_its_optimizer_without_a_garbage_collection(tiny_tokenizer, tiny_model_config, monkeypatch):
+    import gc
+    import weakref
+
+    import larpo.trainer
+    from larpo.models import build_tiny_model
+
+    refs, real = [], larpo.trainer.adamw
+
+    def recorded(*args, **kwargs):  # keeps weak references only: to the optimizer and to its state after each step
+        optimizer = real(*args, **kwargs)
+        refs.append(weakref.ref(optimizer))
+        optimizer.register_step_post_hook(
+            lambda opt, *_: refs.extend(weakref.ref(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
+        return optimizer
+
+    monkeypatch.setattr(larpo.trainer, "adamw", recorded)
+    cfg = phase_cfg()
+    accelerator = make_accelerator(cfg)
+    gc.disable()  # only reference counts free anything now
+    try:
+        for seed in (0, 1):  # the same accelerator for two phases, as the loop does
+            model = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=seed)
+            train_phase(model, tiny_tokenizer, fixed_lists(4), cfg, accelerator, progress=False)
+            alive = [r for r in refs if r() is not None]
+            assert len(refs) > 2 and not alive, f"{len(alive)} of {len(refs)} optimizer objects outlive phase {seed}"
+    finally:
+        gc.enable()
+
+
 def test_pair_statistics_count_strictly_ordered_pairs():
     gamma = torch.tensor([[3.0, 1.0, 2.0, 9.0, 3.0]])
     rewards = torch.tensor([[1.0, 0.5, 0.5, 7.0, 0.0]])

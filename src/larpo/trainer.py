@@ -19,6 +19,7 @@ from typing import Callable, Sequence
 
 import torch
 from accelerate import Accelerator
+from accelerate.utils.memory import clear_device_cache
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmup
@@ -183,6 +184,22 @@ def policy_logps(
                       reduce=reduce)
 
 
+def _release(accelerator: Accelerator, model: nn.Module, wrapped: nn.Module) -> None:
+    """Make ``accelerator`` forget a finished phase's model and optimizer, so that their memory is freed.
+
+    ``accelerator.free_memory()`` does that and runs a full ``gc.collect()``, which takes about
+    0.3 s in a process that has imported transformers. A wrapper (DDP, FSDP, DeepSpeed) is a
+    reference cycle that only a collection frees, so it gets ``free_memory()``; on one process
+    ``wrapped`` is the model itself and dropping the accelerator's references frees the optimizer.
+    """
+    if wrapped is not model:
+        accelerator.free_memory()
+        return
+    for held in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
+        held.clear()
+    clear_device_cache()
+
+
 def _list_losses(
     model: nn.Module,
     batch: Sequence[EncodedList],
@@ -306,6 +323,6 @@ def train_phase(
             if accelerator.is_main_process:
                 save_policy(accelerator.unwrap_model(wrapped), tokenizer, save_to, state_dict=state_dict)
         accelerator.wait_for_everyone()
-        accelerator.free_memory()
+        _release(accelerator, model, wrapped)
         model.eval()
         return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps, metrics=metrics)
