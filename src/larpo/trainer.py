@@ -188,9 +188,10 @@ def _release(accelerator: Accelerator, model: nn.Module, wrapped: nn.Module) -> 
     """Make ``accelerator`` forget a finished phase's model and optimizer, so that their memory is freed.
 
     ``accelerator.free_memory()`` does that and runs a full ``gc.collect()``, which takes about
-    0.3 s in a process that has imported transformers. A wrapper (DDP, FSDP, DeepSpeed) is a
-    reference cycle that only a collection frees, so it gets ``free_memory()``; on one process
-    ``wrapped`` is the model itself and dropping the accelerator's references frees the optimizer.
+    0.3 s in a process that has imported transformers. A wrapper (DDP, FSDP, DeepSpeed) gets
+    ``free_memory()``: a DDP wrapper sits in reference cycles that only a collection frees. On one
+    process ``wrapped`` is the model itself, and dropping the accelerator's references frees the
+    optimizer and its state at once.
     """
     if wrapped is not model:
         accelerator.free_memory()
