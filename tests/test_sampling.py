@@ -31,21 +31,29 @@ def test_returns_k_responses_per_prompt(tiny_model, tiny_tokenizer):
     assert all(len(group) == 3 and all(isinstance(s, Sample) and isinstance(s.text, str) for s in group) for group in out)
 
 
-def test_same_seed_same_samples_and_global_rng_untouched(tiny_model, tiny_tokenizer):
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_same_seed_same_samples_and_global_rng_untouched(tiny_model, tiny_tokenizer, draw):
+    kwargs = dict(k=4, temperature=1.0, max_new_tokens=6, seed=7, draw=draw)
     state = torch.get_rng_state()
-    first = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=7)
+    first = generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
     torch.manual_seed(123)  # whatever the global RNG holds, the samples depend on the seed alone
-    again = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=7)
+    again = generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
     assert first == again
     torch.set_rng_state(state)
-    generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=7)
+    generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
     assert torch.equal(torch.get_rng_state(), state)
 
 
-def test_different_seeds_give_different_samples(tiny_model, tiny_tokenizer):
-    a = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=0)
-    b = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=1)
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_different_seeds_give_different_samples(tiny_model, tiny_tokenizer, draw):
+    a = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=0, draw=draw)
+    b = generate(tiny_model, tiny_tokenizer, PROMPTS, k=4, temperature=1.0, max_new_tokens=6, seed=1, draw=draw)
     assert a != b
+
+
+def test_an_unknown_draw_is_refused(tiny_model, tiny_tokenizer):
+    with pytest.raises(ValueError, match="draw"):
+        generate(tiny_model, tiny_tokenizer, PROMPTS, k=2, temperature=1.0, max_new_tokens=2, draw="gumbel")
 
 
 def test_greedy_requires_k_of_one(tiny_model, tiny_tokenizer):
@@ -120,10 +128,11 @@ def test_greedy_output_is_generates_on_the_whole_prompt(peaked_model, tiny_token
     assert [group[0] for group in ours] == theirs
 
 
-def test_first_tokens_are_drawn_from_the_models_distribution_as_generate_draws_them(peaked_model, tiny_tokenizer):
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_first_tokens_are_drawn_from_the_models_distribution_as_generate_draws_them(peaked_model, tiny_tokenizer, draw):
     k, vocab = 300, len(tiny_tokenizer)
     decoding = dict(temperature=1.0, top_p=1.0, max_new_tokens=1)
-    ours = generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, batch_size=4, **decoding)
+    ours = generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, batch_size=4, draw=draw, **decoding)
     theirs = generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS, k, seed=1, do_sample=True, top_k=0, **decoding)
     eos = tiny_tokenizer.eos_token_id
     for i, prompt in enumerate(PROMPTS):
@@ -140,10 +149,12 @@ def test_first_tokens_are_drawn_from_the_models_distribution_as_generate_draws_t
         assert stats.chisquare(observed.numpy(), expected.numpy()).pvalue > 1e-3, prompt
 
 
-def test_samples_are_as_likely_as_generates(peaked_model, tiny_tokenizer):
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_samples_are_as_likely_as_generates(peaked_model, tiny_tokenizer, draw):
     k, eos = 40, tiny_tokenizer.eos_token_id
     decoding = dict(temperature=0.7, top_p=0.9, max_new_tokens=6)
-    ours = [s for group in generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, **decoding) for s in group]
+    ours = [s for group in generate(peaked_model, tiny_tokenizer, PROMPTS, k=k, seed=0, draw=draw, **decoding)
+            for s in group]
     theirs = generate_with_k_copies(peaked_model, tiny_tokenizer, PROMPTS, k, seed=1, do_sample=True, top_k=0, **decoding)
     prompts = [encode_prompt(tiny_tokenizer, p) for p in PROMPTS for _ in range(k)]
 
@@ -155,3 +166,65 @@ def test_samples_are_as_likely_as_generates(peaked_model, tiny_tokenizer):
     a, b = logps(ours), logps(theirs)
     standard_error = (a.var() / len(a) + b.var() / len(b)).sqrt()
     assert abs(a.mean() - b.mean()) < 4 * standard_error
+
+
+def test_the_preallocated_cache_layer_holds_what_a_dynamic_layer_holds_and_decodes_in_place():
+    from transformers.cache_utils import DynamicLayer
+
+    from larpo.sampling import _PreallocatedLayer
+
+    g = torch.Generator().manual_seed(0)
+    kv = lambda b, t: (torch.randn(b, 2, t, 4, generator=g), torch.randn(b, 2, t, 4, generator=g))  # noqa: E731
+    ours, plain = _PreallocatedLayer(capacity=9), DynamicLayer()
+
+    def step(*states):
+        a, b = ours.update(*states), plain.update(*states)
+        for x, y in zip(a, b):
+            assert torch.equal(x, y)
+        return a
+
+    step(*kv(2, 3))  # a prefill
+    for layer in (ours, plain):
+        layer.batch_repeat_interleave(3)  # replaced by new tensors: moved into new buffers at the next update
+    keys, _ = step(*kv(6, 1))
+    start = keys.data_ptr()
+    for _ in range(3):  # decoding steps write in place
+        keys, _ = step(*kv(6, 1))
+        assert keys.data_ptr() == start
+    for layer in (ours, plain):
+        layer.crop(-2)
+    step(*kv(6, 2))
+    step(*kv(6, 3))  # past the capacity of 9: concatenated
+    assert ours.get_seq_length() == plain.get_seq_length() == 10
+
+
+def test_sampling_with_the_preallocated_cache_equals_sampling_with_transformers_dynamic_one(tiny_model, tiny_tokenizer,
+                                                                                            monkeypatch):
+    from transformers.cache_utils import DynamicLayer
+
+    import larpo.sampling
+
+    kwargs = dict(k=3, temperature=1.0, max_new_tokens=8, batch_size=3, seed=2)
+    ours = generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
+    monkeypatch.setattr(larpo.sampling, "_PreallocatedLayer", lambda capacity: DynamicLayer())
+    assert ours == generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
+
+
+@pytest.mark.parametrize("top_p", [1.0, 0.8])
+def test_the_draw_follows_the_warped_softmax_and_never_picks_a_token_the_nucleus_dropped(top_p):
+    from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+
+    from larpo.sampling import _Draw
+
+    n, temperature = 20000, 0.7
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5]]).expand(n, -1)
+    torch.manual_seed(0)
+    scores = _Draw(temperature, top_p)(None, logits.clone())
+    assert torch.equal((scores == 0).sum(dim=1), torch.ones(n, dtype=torch.long))  # one token per row, the rest −inf
+    assert torch.isinf(scores[scores != 0]).all()
+    counts = torch.bincount(scores.argmax(dim=1), minlength=logits.shape[1])
+    warpers = LogitsProcessorList([TemperatureLogitsWarper(temperature), *([TopPLogitsWarper(top_p)] if top_p < 1 else [])])
+    p = torch.softmax(warpers(None, logits[:1].clone()).double(), dim=-1)[0]  # what generate(do_sample=True) draws from
+    kept = p > 0
+    assert (counts[~kept] == 0).all() and (~kept).any() == (top_p < 1)
+    assert stats.chisquare(counts[kept].numpy(), (p[kept] * n).numpy()).pvalue > 1e-3

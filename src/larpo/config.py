@@ -93,6 +93,8 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 6
     prompts_per_batch: int = 32
+    # how a token is drawn: generate's torch.multinomial | inverse CDF (same distribution, other random numbers, faster)
+    draw: Literal["multinomial", "inverse_cdf"] = "multinomial"
 
 
 @dataclass

@@ -33,7 +33,7 @@ def _score_chunk(
     prompts = [ex.prompt for ex in chunk]
     samples = generate(
         model, tokenizer, prompts, cfg.sampling.k, temperature, cfg.sampling.max_new_tokens,
-        top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed,
+        top_p=cfg.sampling.top_p, batch_size=len(prompts), seed=seed, draw=cfg.sampling.draw,
     )
     flat = [(ex, sample) for ex, group in zip(chunk, samples) for sample in group]
     try:
