@@ -1,7 +1,7 @@
 """Sampling throughput: ``larpo.sampling.generate``, which prefills each prompt once and copies its
-KV cache to the K samples (then decodes with the cache written in place and draws by inverse CDF),
-against HF ``generate`` with ``num_return_sequences=K``, which copies each prompt K times before
-its prefill (larpo's sampling path before).
+KV cache to the K samples (then decodes with the cache written in place), with ``generate``'s draw
+and with ``draw="inverse_cdf"``, against HF ``generate`` with ``num_return_sequences=K``, which
+copies each prompt K times before its prefill (larpo's sampling path before).
 
 Run from the repository root after ``bash scripts/fetch-smollm2.sh`` (``bash scripts/bench.sh``
 does both and runs ``train_throughput.py`` too):

@@ -10,8 +10,8 @@ response sees nothing of its neighbours.
 Log-probs are taken only at the positions that predict a response token. With a plain linear LM
 head they are computed inside the model's forward from the head's weight, a chunk of tokens at a
 time (:class:`larpo.lm_head.LinearLogps`): no [N, L, V] logits tensor exists, in forward or in
-backward. Any other head (e.g. LoRA on ``lm_head``, or a model that scales its logits after the head) gets its
-logits from the model and only the selected positions are kept.
+backward. Any other head (e.g. LoRA on ``lm_head``, or a model that scales its logits after the
+head) gets its logits from the model and only the selected positions are kept.
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from . import lm_head, segment_attention
 from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
+
 
 def collate_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
     """Right-pad (prompt ids, response ids) pairs into one batch.

@@ -49,7 +49,8 @@ def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tens
 
 
 def _generate_k(
-    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, **generate_kwargs
+    model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, max_new_tokens: int,
+    **generate_kwargs,
 ) -> torch.Tensor:
     """``model.generate`` with ``num_return_sequences=k``, each prompt's forward pass run once.
 
@@ -65,7 +66,7 @@ def _generate_k(
     cached = {}
     if input_ids.shape[1] > 1:
         cache = DynamicCache(config=base_model(model).config)
-        capacity = input_ids.shape[1] + generate_kwargs["max_new_tokens"]
+        capacity = input_ids.shape[1] + max_new_tokens
         cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
         mask = attention_mask[:, :-1]
         model(
@@ -77,7 +78,7 @@ def _generate_k(
         cached[cache_argument(model)] = cache
     return model.generate(
         input_ids=input_ids.repeat_interleave(k, dim=0), attention_mask=attention_mask.repeat_interleave(k, dim=0),
-        num_return_sequences=1, **cached, **generate_kwargs,
+        num_return_sequences=1, max_new_tokens=max_new_tokens, **cached, **generate_kwargs,
     )
 
 
@@ -191,8 +192,8 @@ def generate(
                 rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
                 input_ids, attention_mask = _left_pad(rows, pad)
                 out = _generate_k(
-                    model, input_ids.to(device), attention_mask.to(device), k,
-                    max_new_tokens=max_new_tokens, eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **decoding,
+                    model, input_ids.to(device), attention_mask.to(device), k, max_new_tokens,
+                    eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **decoding,
                 )  # [b * k, T + new], the k samples of a prompt adjacent
                 samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
                 responses.extend(samples[i : i + k] for i in range(0, len(samples), k))
