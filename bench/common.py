@@ -26,7 +26,7 @@ import torch
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from larpo.models import EOS, PAD, UNK
+from larpo.models import EOS, PAD, UNK, load_options
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2_DIR = "models/SmolLM2-135M-Instruct"  # where `bash scripts/fetch-smollm2.sh` puts the model
@@ -77,7 +77,7 @@ def build_model(tokenizer, shape: Shape, seed: int = 0, max_positions: int = 512
     randomly initialised from ``seed`` (the global RNG is left as it was). Pad and EOS are the tokenizer's."""
     weights = ROOT / shape.weights if shape.weights else None
     if weights is not None and (weights / "config.json").is_file():
-        model = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32, local_files_only=True)
+        model = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32, **load_options())
         model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
         return model
     config = LlamaConfig(

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import os
 import random
 
 import pytest
@@ -28,6 +29,12 @@ def arithmetic_corpus(n: int = 300, seed: int = 0) -> list[str]:
         a, b = rng.randint(0, 999), rng.randint(0, 999)
         corpus.append(f"{a}+{b}={a + b}" if rng.random() < 0.5 else f"{a}-{b}={a - b}")
     return corpus
+
+
+def cpu_process_env(**extra: str) -> dict[str, str]:
+    """The environment of a subprocess that sees no GPU and runs one torch thread: multi-process tests
+    put their ranks on the CPU (gloo), which every machine has, whatever GPUs this one has."""
+    return {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1", **extra}
 
 
 # Smaller than the default so that tests stay fast; still a real LlamaForCausalLM.

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaForCausalLM, PreTrainedTokenizerFast
+import transformers.modeling_utils
+from transformers import AutoModelForCausalLM, LlamaForCausalLM, PreTrainedTokenizerFast
 
-from larpo.config import ConfigError
+from larpo.config import ConfigError, ModelConfig
 from larpo.encoding import encode_prompt
-from larpo.models import build_tiny_model, build_tokenizer, load_policy, save_policy
+from larpo.models import build_tiny_model, build_tokenizer, load_options, load_policy, policy_from_config, save_policy
 
 
 def test_tokenizer_round_trips_corpus_like_text(tiny_tokenizer):
@@ -75,6 +76,30 @@ def test_saved_policy_loads_with_same_logits_and_tokens(tiny_model, tiny_tokeniz
     with torch.no_grad():
         torch.testing.assert_close(model(ids).logits, tiny_model.eval()(ids).logits)
     assert model.dtype == torch.float32
+
+
+def test_a_loaded_policy_is_never_kernelized_in_train_or_eval_mode(tiny_model_dir, monkeypatch):
+    """transformers >= 5.25 loads with use_kernels=True by default, and on CUDA its kernelize fetches code
+    from the Hub; larpo's loads switch it off. The control load, with transformers' default, shows the
+    spy sees a kernelize where there is one."""
+    calls = []
+    monkeypatch.setattr(transformers.modeling_utils, "kernelize", lambda model, **kwargs: calls.append(type(model).__name__))
+    AutoModelForCausalLM.from_pretrained(tiny_model_dir).train()
+    assert calls, "the control: transformers' default load kernelizes"
+    calls.clear()
+    model, _ = load_policy(tiny_model_dir)
+    trained, _ = policy_from_config(tiny_model_dir, ModelConfig(lora=True), train=True)
+    for m in (model, trained):
+        m.train(), m.eval(), m.train()
+    assert calls == []
+
+
+def test_hub_kernels_on_request_needs_the_kernels_package(monkeypatch):
+    assert load_options() == {"local_files_only": True, "use_kernels": False}
+    assert load_options(hub_kernels=True)["use_kernels"] is True  # transformers' requirement: installed here
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    with pytest.raises(ConfigError, match="model.hub_kernels"):
+        load_options(hub_kernels=True)
 
 
 def test_load_policy_casts_to_requested_dtype(tiny_model_dir):

@@ -11,6 +11,8 @@ from transformers import LlamaConfig, LlamaForSequenceClassification
 from larpo.config import ConfigError, RerankerConfig
 from larpo.rerankers import CallableReranker, HFReranker, RuleReranker, build_reranker
 
+from conftest import cpu_process_env
+
 PROMPTS = ["1+2=", "123+456=", "98-7=", "5-999=", "0+0="]
 RESPONSES = ["3", "579", "91", "-994", "00000"]
 
@@ -172,14 +174,13 @@ def test_hf_reranker_runs_in_the_dtype_it_is_given(reward_model_dir, tiny_tokeni
 
 def test_scores_sharded_over_two_processes_equal_one_process_scores(reward_model_dir, tmp_path):
     import json
-    import os
     import subprocess
     import sys
     from pathlib import Path
 
     path, _ = reward_model_dir
     worker = str(Path(__file__).parent / "score_worker.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = cpu_process_env()
     subprocess.run([sys.executable, worker, str(path), str(tmp_path / "one.json")], env=env, check=True, timeout=120)
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", worker,
                           str(path), str(tmp_path / "two.json")], env=env, capture_output=True, text=True, timeout=300)

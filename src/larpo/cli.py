@@ -113,9 +113,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    model, tokenizer = policy_from_config(args.policy_dir, cfg.model)  # model.dtype and the token limits
-    baseline = policy_from_config(args.baseline, cfg.model) if args.baseline else None
-    reranker = build_reranker(cfg.reranker, task, model.device, cfg.model.dtype)
+    from accelerate import PartialState
+
+    device = PartialState().device  # the GPU where there is one
+    model, tokenizer = policy_from_config(args.policy_dir, cfg.model, device=device)  # model.dtype and the token limits
+    baseline = policy_from_config(args.baseline, cfg.model, device=device) if args.baseline else None
+    reranker = build_reranker(cfg.reranker, task, model.device, cfg.model.dtype, cfg.model.hub_kernels)
     result = retriever_eval(model, tokenizer, task, examples, reranker, args.samples,
                             temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline,
                             progress=True)

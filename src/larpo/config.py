@@ -68,6 +68,7 @@ class ModelConfig:
     lora_alpha: int = 16
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | None = None  # None: peft's default for the architecture; [all-linear]: every linear layer
+    hub_kernels: bool = False  # let transformers fetch and run Hub kernels (its use_kernels) for every model larpo loads
 
 
 @dataclass

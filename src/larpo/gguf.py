@@ -36,7 +36,7 @@ from transformers.utils.import_utils import GGUF_MIN_VERSION, is_gguf_available
 from .config import ConfigError
 from .encoding import encode_prompt
 from .io import temp_dir, write_json_atomic
-from .models import DTYPES, load_policy
+from .models import DTYPES, load_options, load_policy
 
 MAGIC = b"GGUF"  # the first four bytes of every GGUF file
 RECORD = "gguf_import.json"
@@ -109,16 +109,16 @@ def _load_gguf(path: Path, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrai
     """Tokenizer and dequantised causal LM from the file, through transformers; unreadable files are ConfigErrors."""
     where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
     try:
-        config = AutoConfig.from_pretrained(**where)
+        config = AutoConfig.from_pretrained(**where, local_files_only=True)
     except (ValueError, KeyError, IndexError) as e:  # unknown architecture, or metadata it needs is missing
         raise ConfigError(f"{path}: transformers {version('transformers')} cannot read this GGUF ({e})") from None
     if config.model_type not in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES:
         raise ConfigError(f"{path}: a {config.model_type!r} model, which is not a causal LM; expected a causal LM")
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**where)
+        tokenizer = AutoTokenizer.from_pretrained(**where, local_files_only=True)
     except (ValueError, KeyError) as e:  # a tokenizer type transformers cannot build from GGUF
         raise ConfigError(f"{path}: transformers cannot build its tokenizer ({e})") from None
-    model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, **_dense())
+    model = AutoModelForCausalLM.from_pretrained(**where, dtype=dtype, **_dense(), **load_options())
     model.eval()
     return model, tokenizer
 

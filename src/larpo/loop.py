@@ -31,6 +31,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Callable, TypeVar
 
+import torch
 from accelerate import Accelerator
 
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
@@ -64,8 +65,8 @@ def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
     return result if accelerator.is_main_process else stage()
 
 
-def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -> Path:
-    """Build (or load) π_0 and warm it up with SFT; return the directory it is saved in."""
+def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, device: torch.device) -> Path:
+    """Build (or load) π_0 and warm it up with SFT on ``device``; return the directory it is saved in."""
     sft_dir = run_dir / "sft"
     if cfg.model.path is not None and not cfg.sft.enabled:
         return Path(cfg.model.path)
@@ -78,6 +79,7 @@ def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -
         else:
             tokenizer = build_tokenizer(inputs.task.tokenizer_corpus(), cfg.model.vocab_size)
             model = build_tiny_model(cfg.model, tokenizer, seed=cfg.seed)
+        model.to(device)
         if cfg.sft.enabled:
             rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
             sft_train(
@@ -183,12 +185,12 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
 
 def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
-              progress: bool) -> dict:
-    """Greedy held-out evaluation of one policy: ``out`` (JSON) and its responses beside it (JSON lines)."""
+              progress: bool, device: torch.device) -> dict:
+    """Greedy held-out evaluation of one policy on ``device``: ``out`` (JSON) and its responses beside it (JSON lines)."""
     if out.exists():
         return json.loads(out.read_text())
     with _timed(run_dir, "greedy evaluation", policy - 1 if policy else None):  # after iteration policy - 1
-        model, tokenizer = policy_from_config(policy_dir, cfg.model)
+        model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
     row = {"stage": "eval", "policy": policy, **eval_headline(scores)}
@@ -197,13 +199,13 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
 
 
 def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
-                    reranker: Reranker, cfg: Config, out: Path, progress: bool) -> dict:
+                    reranker: Reranker, cfg: Config, out: Path, progress: bool, device: torch.device) -> dict:
     """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
     if out.exists():
         return json.loads(out.read_text())
     with _timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
-        model, tokenizer = policy_from_config(policy_dir, cfg.model)
-        baseline = policy_from_config(baseline_dir, cfg.model) if baseline_dir is not None else None
+        model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
+        baseline = policy_from_config(baseline_dir, cfg.model, device=device) if baseline_dir is not None else None
         result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples,
                                 cfg.eval.temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline,
                                 progress=progress)
@@ -229,13 +231,13 @@ def retriever_brief(result: dict) -> dict:
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Build (or load) and warm up the initial policy; return its held-out evaluation."""
-    make_accelerator(cfg.train, cfg.threads)
+    device = make_accelerator(cfg.train, cfg.threads).device
     inputs = check_inputs(cfg, log)
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir):
         prepare_run_dir(cfg, run_dir, log)
-        policy_dir = initial_policy(cfg, inputs, run_dir, progress)
-        return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, progress)
+        policy_dir = initial_policy(cfg, inputs, run_dir, progress, device)
+        return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, progress, device)
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -248,7 +250,7 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
     inputs = check_inputs(cfg, log)  # nothing is written before the inputs are known to be good
-    reranker = build_reranker(cfg.reranker, inputs.task, accelerator.device, cfg.model.dtype)
+    reranker = build_reranker(cfg.reranker, inputs.task, accelerator.device, cfg.model.dtype, cfg.model.hub_kernels)
     check_reranker(reranker, inputs)
     run_dir = Path(run_dir)
     with run_dir_lock(run_dir) if main else contextlib.nullcontext():
@@ -267,14 +269,14 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
 def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, accelerator: Accelerator, progress: bool,
                log: Callable[[str], None]) -> dict:
     """Algorithm 1 in a ready run directory, resuming at the first unfinished stage; the summary."""
-    main = accelerator.is_main_process
+    main, device = accelerator.is_main_process, accelerator.device
     pool = inputs.pool
 
     def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
-        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, progress))
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, progress, device))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
-    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress))
+    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, device))
     evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
@@ -284,8 +286,7 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
         # so every process takes the same branch.
         if not (d / "policy").exists():
             seed_everything(stage_seed(cfg.seed, s))  # LoRA's initialisation draws from the global generators
-            model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True)  # LoRA, checkpointing
-            model.to(accelerator.device)
+            model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True, device=device)  # LoRA, checkpointing
             if not (d / "candidates.jsonl").exists():
                 with _timed(run_dir, "sampling and scoring", s, write=main):
                     candidates = sample_and_score(model, tokenizer, pool, reranker, cfg, s, accelerator, progress)
@@ -317,6 +318,7 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
         for name, baseline in (("sft", None), ("final", initial_dir)):
             current = initial_dir if name == "sft" else policy_dir
             out = run_dir / f"retriever_eval_{name}.json"
-            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out, progress))
+            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out, progress,
+                                                                             device))
             summary["retriever"][name] = retriever_brief(result)
     return summary

@@ -14,6 +14,7 @@ adapters into a plain model directory that needs neither peft nor the base.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -218,6 +219,20 @@ def check_safetensors(file: Path, key: str) -> None:
         raise ConfigError(f"{key}: {file} is not a complete safetensors file ({e})") from None
 
 
+def load_options(hub_kernels: bool = False) -> dict:
+    """``from_pretrained`` keywords of every model larpo loads: files from the local directory only, and
+    transformers' Hub kernels off unless ``hub_kernels`` (``model.hub_kernels``) asks for them.
+
+    transformers ≥ 5.25 loads models with ``use_kernels=True`` by default when the ``kernels`` package
+    is installed (it is one of its requirements): on CUDA, ``model.train()`` then fetches kernel code
+    from the Hugging Face Hub and runs it (offline, it raises). larpo fetches and runs nothing unasked.
+    """
+    if hub_kernels and importlib.util.find_spec("kernels") is None:
+        raise ConfigError("model.hub_kernels: true needs the kernels package (pip install kernels); "
+                          "or leave it false (the default)")
+    return {"local_files_only": True, "use_kernels": hub_kernels}
+
+
 def load_tokenizer(path: Path, key: str, trust_remote_code: bool = False) -> PreTrainedTokenizerBase:
     """The tokenizer saved in ``path`` (its pad token defaulting to EOS), or a ConfigError naming ``key``."""
     try:
@@ -230,9 +245,10 @@ def load_tokenizer(path: Path, key: str, trust_remote_code: bool = False) -> Pre
 
 
 def load_policy(
-    path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None
+    path: str | Path, trust_remote_code: bool = False, dtype: torch.dtype | None = None, hub_kernels: bool = False
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Load a causal LM and its tokenizer from a local directory (no network, safetensors only).
+    """Load a causal LM and its tokenizer from a local directory (no network, safetensors only, no
+    Hub kernels unless ``hub_kernels``: :func:`load_options`).
 
     ``dtype=None`` keeps the dtype recorded in the checkpoint. A tokenizer without a pad token
     gets its EOS token as pad. An adapter directory (a saved LoRA policy) loads as its base model
@@ -249,8 +265,8 @@ def load_policy(
         str(base.resolve()),  # an absolute name_or_path: what a LoRA policy trained on it records as its base
         use_safetensors=True,
         trust_remote_code=trust_remote_code,
-        local_files_only=True,
         dtype=dtype if dtype is not None else "auto",
+        **load_options(hub_kernels),
     )
     if adapters:
         with _peft_quietly():
@@ -259,13 +275,17 @@ def load_policy(
 
 
 def policy_from_config(
-    path: str | Path, cfg: ModelConfig, train: bool = False
+    path: str | Path, cfg: ModelConfig, train: bool = False, device: torch.device | str | None = None
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """:func:`load_policy` with ``model.dtype`` and the prompt/response token limits of ``cfg``; with
-    ``train``, also LoRA and activation checkpointing as configured (:func:`prepare_policy`)."""
-    model, tokenizer = load_policy(path, trust_remote_code=cfg.trust_remote_code, dtype=DTYPES[cfg.dtype])
+    """:func:`load_policy` with ``model.dtype``, ``model.hub_kernels`` and the prompt/response token limits
+    of ``cfg``, moved to ``device`` (None: where it loaded, the CPU); with ``train``, also LoRA and
+    activation checkpointing as configured (:func:`prepare_policy`)."""
+    model, tokenizer = load_policy(path, trust_remote_code=cfg.trust_remote_code, dtype=DTYPES[cfg.dtype],
+                                   hub_kernels=cfg.hub_kernels)
     set_length_limits(tokenizer, cfg.max_prompt_tokens, cfg.max_response_tokens)
-    return (prepare_policy(model, cfg) if train else model), tokenizer
+    if train:
+        model = prepare_policy(model, cfg)
+    return (model.to(device) if device is not None else model), tokenizer
 
 
 def export_model(policy_dir: str | Path, out_dir: str | Path, trust_remote_code: bool = False) -> bool:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Callable, TypeVar
 
+import torch
 import torch.distributed as dist
 from accelerate import Accelerator
 from accelerate.utils import gather_object
@@ -24,6 +25,14 @@ def gather_merged(local: dict[int, T], accelerator: Accelerator) -> dict[int, T]
     for part in gather_object([local]):
         merged.update(part)
     return merged
+
+
+def sum_over_processes(accelerator: Accelerator) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """A function summing a tensor over processes, None on one process. The tensor may be on any device
+    (it is reduced on the accelerator's, which NCCL needs); the sum comes back on the tensor's device."""
+    if accelerator.num_processes == 1:
+        return None
+    return lambda t: accelerator.reduce(t.to(accelerator.device), reduction="sum").to(t.device)
 
 
 def end_processes() -> None:

@@ -16,7 +16,7 @@ from transformers import AutoModelForSequenceClassification
 
 from .callables import call_user, load_callable
 from .config import ConfigError, RerankerConfig
-from .models import DTYPES, check_local_model_dir, load_tokenizer
+from .models import DTYPES, check_local_model_dir, load_options, load_tokenizer
 
 
 class Reranker(Protocol):
@@ -78,14 +78,14 @@ class HFReranker:
     """
 
     def __init__(self, path: str | Path, batch_size: int = 32, device: str | torch.device = "cpu",
-                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32):
+                 trust_remote_code: bool = False, dtype: torch.dtype = torch.float32, hub_kernels: bool = False):
         path = check_local_model_dir(path, "reranker.path", tokenizer=True)
         self.batch_size = batch_size
         self.device = torch.device(device)
         self.tokenizer = load_tokenizer(path, "reranker.path", trust_remote_code)
         self.tokenizer.padding_side = "right"
         self.model = AutoModelForSequenceClassification.from_pretrained(
-            path, use_safetensors=True, trust_remote_code=trust_remote_code, local_files_only=True, dtype=dtype
+            path, use_safetensors=True, trust_remote_code=trust_remote_code, dtype=dtype, **load_options(hub_kernels)
         )
         if self.model.config.num_labels != 1:
             raise ConfigError(
@@ -118,17 +118,19 @@ class HFReranker:
 
 
 def build_reranker(
-    cfg: RerankerConfig, task: RewardFunction, device: str | torch.device = "cpu", default_dtype: str = "float32"
+    cfg: RerankerConfig, task: RewardFunction, device: str | torch.device = "cpu", default_dtype: str = "float32",
+    hub_kernels: bool = False,
 ) -> Reranker:
     """The reranker named by ``cfg.kind``: ``"rule"`` (the task's gold reward), ``"hf"`` or ``"callable"``.
 
-    An ``hf`` reward model goes on ``device`` in ``cfg.dtype``, else ``default_dtype`` (the policy's).
+    An ``hf`` reward model goes on ``device`` in ``cfg.dtype``, else ``default_dtype`` (the policy's),
+    loaded with Hub kernels only if ``hub_kernels`` (``model.hub_kernels``).
     """
     if cfg.kind == "rule":
         return RuleReranker(task)
     if cfg.kind == "hf":
         return HFReranker(cfg.path, batch_size=cfg.batch_size, device=device,
-                          dtype=DTYPES[cfg.dtype or default_dtype])
+                          dtype=DTYPES[cfg.dtype or default_dtype], hub_kernels=hub_kernels)
     if cfg.kind == "callable":
         return CallableReranker(cfg.function)
     raise ConfigError(f"reranker.kind: got {cfg.kind!r}, expected 'rule', 'hf' or 'callable'")

@@ -34,7 +34,7 @@ def sft_train(
     metrics_path: str | Path | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train in place; return ``{"steps", "val_accuracy", "val_reward"}`` at the stopping point."""
+    """Train in place, on the model's device; return ``{"steps", "val_accuracy", "val_reward"}`` at the stopping point."""
     if any(ex.answer is None for ex in train):
         raise ValueError("SFT needs a gold answer for every training example")
     pairs = [(encode_prompt(tokenizer, ex.prompt), encode_response(tokenizer, ex.answer)) for ex in train]
@@ -47,7 +47,7 @@ def sft_train(
     model.train()
     for step in range(1, cfg.max_steps + 1):
         idx = torch.randint(len(pairs), (cfg.batch_size,), generator=generator).tolist()
-        batch = collate_pairs([pairs[i] for i in idx], pad)
+        batch = {k: v.to(model.device) for k, v in collate_pairs([pairs[i] for i in idx], pad).items()}
         loss = -sequence_logps(model, batch).sum() / batch["response_mask"].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
