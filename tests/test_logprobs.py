@@ -6,6 +6,7 @@ import random
 
 import pytest
 import torch
+import torch.nn.attention.flex_attention as flex_attention_module
 from torch.utils._python_dispatch import TorchDispatchMode
 from transformers import LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM
 
@@ -17,10 +18,10 @@ from larpo.packing import LAYOUTS, layout_costs, pack_lists, packing_is_exact
 from larpo.segment_attention import Segments
 
 
-def random_llama(seed: int = 0, vocab: int = 40, kv_heads: int = 4) -> LlamaForCausalLM:
+def random_llama(seed: int = 0, vocab: int = 40, kv_heads: int = 4, hidden: int = 32) -> LlamaForCausalLM:
     torch.manual_seed(seed)
     config = LlamaConfig(
-        vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        vocab_size=vocab, hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, num_key_value_heads=kv_heads, max_position_embeddings=64, pad_token_id=0,
     )
     return LlamaForCausalLM(config).eval()
@@ -36,7 +37,7 @@ def random_pairs(seed: int, n: int, vocab: int = 40):
 
 def unpadded_reference(model, prompt, response) -> float:
     """One forward of the bare sequence, log-softmax in float64, sum over the response positions."""
-    ids = torch.tensor([prompt + response])
+    ids = torch.tensor([prompt + response], device=model.device)
     with torch.no_grad():
         logp = torch.log_softmax(model(input_ids=ids).logits.double(), dim=-1)[0]
     return sum(logp[len(prompt) + t - 1, tok].item() for t, tok in enumerate(response))
@@ -130,12 +131,12 @@ def test_pack_lists_puts_lists_one_after_another_and_segments_attend_list_by_lis
     # segments of 5, 2 and 3 positions in one row, no padding; a one-token response takes no position
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4, 1, 2, 3, 4, 4]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 0, 1, 2]]  # restart after the prompt
-    assert packed["prompt_lengths"].tolist() == [2, 1, 1] and packed["list_sizes"].tolist() == [2, 1, 2]
-    assert packed["response_inputs"].tolist() == [2, 1, 1, 0, 2]
+    assert packed["prompt_lengths"] == [2, 1, 1] and packed["list_sizes"] == [2, 1, 2] and packed["padding"] == 0
+    assert packed["response_inputs"] == [2, 1, 1, 0, 2]
     # a response's first token is predicted by its prompt's last position (1, 5 and 7)
     assert packed["select"].tolist() == [1, 2, 3, 1, 4, 5, 6, 7, 7, 8, 9]
     assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4, 4]
-    assert packed["response"].tolist() == [0, 0, 0, 1, 1, 2, 2, 3, 4, 4, 4]
+    assert packed["token_mask"].int().tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]]
     segments = Segments([2, 1, 1], [2, 1, 1, 0, 2], [2, 1, 2])
     assert segments.lists == [(2, [2, 1]), (1, [1]), (1, [0, 2])] and segments.pieces == [2, 2, 1, 1, 1, 1, 0, 2]
     # later responses with positions: [4] after prompt [5, 6]; [4, 4] after prompt [3] (its first response [4] has none)
@@ -167,6 +168,50 @@ def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_wha
             list_logps(model, random_lists(seed=26, n=2), 0, "cpu", layout="packed")
 
 
+@pytest.fixture
+def flex_everywhere(monkeypatch):
+    """Packed rows take FlexAttention on any device. On a CPU it runs unfused (the dense reference
+    implementation), whose backward torch refuses only because it has no fused CPU kernel."""
+    monkeypatch.setattr(segment_attention, "FLEX_DEVICES", ("cpu", "cuda"))
+    monkeypatch.setattr(flex_attention_module, "_validate_device", lambda *args: None)
+    calls = []
+    flex = segment_attention._flex
+    monkeypatch.setattr(segment_attention, "_flex", lambda *args: calls.append(args[0].shape) or flex(*args))
+    return calls
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("checkpointing, kv_heads", [(False, 4), (False, 2), (True, 2)])
+def test_flex_attention_gives_the_repeated_prompt_logps_and_gradients(flex_everywhere, device, checkpointing, kv_heads):
+    lists = random_lists(seed=27, n=6)
+    flat = [(p, r) for p, rs in lists for r in rs]
+    model, repeated_model = (random_llama(seed=28, kv_heads=kv_heads, hidden=64).to(device).train() for _ in range(2))
+    if checkpointing:
+        checkpointed(model)
+    got = list_logps(model, lists, 0, device, layout="packed")
+    tokens = sum(len(p) + sum(len(r) - 1 for r in rs) for p, rs in lists)
+    # one call per layer over the whole row, padded to FlexAttention's block: [1, heads, T, head dim]
+    assert flex_everywhere == [torch.Size([1, 4, segment_attention.BLOCK * -(-tokens // segment_attention.BLOCK), 16])] * 2
+    repeated = sequence_logps(repeated_model, {k: v.to(device) for k, v in collate_pairs(flat, pad_id=0).items()})
+    want = torch.tensor([unpadded_reference(model, p, r) for p, r in flat], dtype=torch.float64, device=device)
+    torch.testing.assert_close(got.double(), want, atol=1e-5, rtol=1e-5)
+    assert_same_values_and_gradients(model, got, repeated_model, repeated, torch.randn(len(flat), device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_flex_attention_under_bf16_autocast_stays_close_to_float64(flex_everywhere, device):
+    lists = random_lists(seed=29, n=6)
+    model = random_llama(seed=30, kv_heads=2, hidden=64).to(device)
+    with torch.no_grad(), torch.autocast(device, dtype=torch.bfloat16):
+        got = list_logps(model, lists, 0, device, layout="packed")
+    assert len(flex_everywhere) == 2
+    want = torch.tensor([unpadded_reference(model, p, r) for p, rs in lists for r in rs], dtype=torch.float64, device=device)
+    torch.testing.assert_close(got.double(), want, atol=0.05, rtol=0.02)
+
+
 UNEQUAL = [([1], [[2] * 40]), ([1] * 40, [[2]])]  # short prompt and long response, and the reverse
 LONG = [([1] * 8, [[2] * 64] * 8)]  # many long responses to one prompt
 
@@ -190,7 +235,7 @@ def test_the_cheapest_exact_layout_is_chosen(monkeypatch):
 
     def recorded(name: str):
         run = getattr(logprobs, name)
-        return lambda model, batch: called.append(name) or run(model, batch)
+        return lambda *args: called.append(name) or run(*args)
 
     for name in ("packed_logps", "shared_prompt_logps", "sequence_logps"):
         monkeypatch.setattr(logprobs, name, recorded(name))

@@ -2,7 +2,6 @@
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +12,10 @@ import torch
 from larpo.config import TrainConfig
 from larpo.io import read_jsonl
 from larpo.lists import RankedList
-from larpo.logprobs import collate_pairs, sequence_logps
+from larpo.logprobs import collate_pairs, sequence_logps, to_device
 from larpo.trainer import encode_lists, make_accelerator, pair_statistics, train_phase
 
+from conftest import cpu_process_env
 from phase_worker import fixed_lists
 
 HERE = Path(__file__).parent
@@ -31,9 +31,9 @@ def gammas(model, ref_model, tokenizer, lists, beta):
     out = []
     for el in encode_lists(tokenizer, lists):
         pairs = [(el.prompt_ids, r) for r in el.response_ids]
-        with torch.no_grad():
-            pol = sequence_logps(model.eval(), collate_pairs(pairs, tokenizer.pad_token_id))
-            ref = sequence_logps(ref_model.eval(), collate_pairs(pairs, tokenizer.pad_token_id))
+        batch = collate_pairs(pairs, tokenizer.pad_token_id)
+        with torch.no_grad():  # each model where it is (a trained one on the accelerator's device)
+            pol, ref = (sequence_logps(m.eval(), to_device(batch, m.device)).cpu() for m in (model, ref_model))
         out.append(beta * (pol - ref))
     return out
 
@@ -158,7 +158,7 @@ def test_pair_statistics_count_strictly_ordered_pairs():
 
 
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(HERE), "OMP_NUM_THREADS": "1"}
+    env = cpu_process_env(PYTHONPATH=str(HERE))
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, str(HERE / "phase_worker.py"), str(tiny_model_dir), str(one)], check=True, env=env, timeout=300)
     subprocess.run(

@@ -11,9 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Logits per chunk of the LM head: rows x vocabulary float32 values (32 MB), e.g. 170 tokens at a
-# 49k vocabulary. Large enough for an efficient matmul, small beside the model's activations.
+# Logits per chunk of the LM head: rows x vocabulary float32 values. On a CPU 32 MB, e.g. 170 tokens
+# at a 49k vocabulary: large enough for an efficient matmul, small beside the model's activations.
+# On CUDA 1 GB (5,461 tokens at 49k, 2,093 at 128k), so that a chunk's matmul fills the GPU.
 CHUNK_ELEMENTS = 2**23
+CUDA_CHUNK_ELEMENTS = 2**28
 # Config fields of models that transform the logits after the head (Gemma, Cohere, Granite, Falcon-H1 ...).
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier", "lm_head_multiplier")
 
@@ -42,7 +44,7 @@ class LinearLogps(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden, weight, bias, targets):
-        rows = max(1, CHUNK_ELEMENTS // weight.shape[0])
+        rows = max(1, (CUDA_CHUNK_ELEMENTS if weight.is_cuda else CHUNK_ELEMENTS) // weight.shape[0])
         out, lse = [], []
         ctx.dtype = hidden.dtype
         for h, t in zip(hidden.split(rows), targets.split(rows)):

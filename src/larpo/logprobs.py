@@ -109,11 +109,21 @@ def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device
     if not shared_prompt:
         lists = [(p, [r]) for p, rs in lists for r in rs]
     if layout == "packed":
-        return packed_logps(model, {k: v.to(device) for k, v in pack_lists(lists).items()})
+        flex = segment_attention.uses_flex(device, head_dim(base_model(model).config.get_text_config()))
+        return packed_logps(model, to_device(pack_lists(lists, segment_attention.BLOCK if flex else 1), device))
     if layout == "shared":
-        return shared_prompt_logps(model, {k: v.to(device) for k, v in collate_lists(lists, pad_id).items()})
-    pairs = collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id)
-    return sequence_logps(model, {k: v.to(device) for k, v in pairs.items()})
+        return shared_prompt_logps(model, to_device(collate_lists(lists, pad_id), device))
+    return sequence_logps(model, to_device(collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id), device))
+
+
+def to_device(batch: dict, device: torch.device | str) -> dict:
+    """``batch`` with its tensors moved to ``device`` (other values as they are)."""
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def head_dim(config) -> int:
+    """The attention head dimension of a (text) model config."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def exact_layouts(model: nn.Module, shared_prompt: bool = True) -> list[str]:
@@ -150,15 +160,17 @@ def choose_layout(model: nn.Module, lists: Lists, shared_prompt: bool = True,
 def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """:func:`sequence_logps` of lists packed one after another in one row, one forward pass: a float32 tensor [N].
 
-    ``batch`` is the output of :func:`larpo.packing.pack_lists`, on the model's device; attention
-    runs list by list (:mod:`larpo.segment_attention`). Exact where
+    ``batch`` is the output of :func:`larpo.packing.pack_lists`, its tensors on the model's device
+    (padded to a multiple of :data:`larpo.segment_attention.BLOCK` where FlexAttention runs);
+    attention runs list by list (:mod:`larpo.segment_attention`). Exact where
     :func:`larpo.packing.packing_is_exact` holds and the model's forward hands keywords on to its
     attention layers (:func:`exact_layouts`); activation checkpointing works as for any forward.
+    Nothing waits for the device: the row's structure is read from Python values.
     """
     segment_attention.install()
-    select, response = batch["select"], batch["response"]
-    segments = segment_attention.Segments(batch["prompt_lengths"].tolist(), batch["response_inputs"].tolist(),
-                                          batch["list_sizes"].tolist())
+    select = batch["select"]
+    segments = segment_attention.Segments(batch["prompt_lengths"], batch["response_inputs"], batch["list_sizes"],
+                                          batch["padding"])
     ids = batch["input_ids"]
     token_logps = _selected_logps(
         model, lambda x: x[0, select], batch["targets"], input_ids=ids, position_ids=batch["position_ids"],
@@ -169,7 +181,7 @@ def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     if segments.calls == 0:
         raise RuntimeError(f"packed_logps: the attention of {type(base_model(model)).__name__} did not go through "
                            "transformers' attention functions; use list_logps(layout='shared')")
-    return token_logps.new_zeros(int(response[-1]) + 1).index_add(0, response, token_logps)
+    return _row_sums(token_logps, batch["token_mask"])  # in a fixed order (no atomic adds on a GPU)
 
 
 def shared_prompt_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tensor:

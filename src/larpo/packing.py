@@ -9,6 +9,7 @@ tokens. One forward pass, no key/value cache, no padding.
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import torch
@@ -64,24 +65,25 @@ def layout_costs(config: PretrainedConfig, lists: Lists) -> dict[str, float]:
             "pairs": cost(n, pair - 1, pair - 1)}
 
 
-def pack_lists(lists: Lists) -> dict[str, torch.Tensor]:
+def pack_lists(lists: Lists, multiple_of: int = 1) -> dict:
     """Inputs of the packed pass over ``lists``, and where to read each response's log-probs.
 
-    Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths); the row's
-    structure: ``prompt_lengths`` [S] long (each list's prompt), ``list_sizes`` [S] long (its
-    responses) and ``response_inputs`` [N] long (the positions each response takes: its length − 1),
-    responses numbered list by list; and for the M = Σ len(response) predicted tokens, in order of
-    the responses and of their tokens:
-    ``select`` [M] long, the position (index into the T) whose output predicts the token;
-    ``targets`` [M] long, the token; ``response`` [M] long, its response (0 .. N − 1). A
-    response's first token is predicted by its prompt's last position.
+    Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths, plus ``padding``
+    positions up to a multiple of ``multiple_of``: token 0 at position 0, never read); the row's
+    structure as Python values (no device round trip to read it): ``prompt_lengths`` (S ints, each
+    list's prompt), ``list_sizes`` (S ints, its responses), ``response_inputs`` (N ints, the
+    positions each response takes: its length − 1), responses numbered list by list, and
+    ``padding`` (an int); and for the M = Σ len(response) predicted tokens, in order of the
+    responses and of their tokens: ``select`` [M] long, the position (index into the T) whose
+    output predicts the token; ``targets`` [M] long, the token; and ``token_mask`` [N, R] bool,
+    True at each response's tokens (R the longest response), whose True entries in row-major order
+    are the M tokens. A response's first token is predicted by its prompt's last position.
     """
     if not lists or any(not p or not rs or any(not r for r in rs) for p, rs in lists):
         raise ValueError("pack_lists needs non-empty prompts, each with at least one non-empty response")
     ids: list[int] = []
     positions: list[int] = []
-    select, targets, response = [], [], []
-    j = 0  # the response
+    select, targets = [], []
     for prompt, responses in lists:
         last = len(ids) + len(prompt) - 1  # the prompt's last position predicts each response's first token
         ids += prompt
@@ -91,13 +93,14 @@ def pack_lists(lists: Lists) -> dict[str, torch.Tensor]:
             ids += r[:-1]
             positions += range(len(prompt), len(prompt) + len(r) - 1)
             targets += r
-            response += [j] * len(r)
-            j += 1
-    long = lambda values: torch.tensor(values, dtype=torch.long)  # noqa: E731
-    return {"input_ids": long([ids]), "position_ids": long([positions]),
-            "prompt_lengths": long([len(p) for p, _ in lists]), "list_sizes": long([len(rs) for _, rs in lists]),
-            "response_inputs": long([len(r) - 1 for _, rs in lists for r in rs]),
-            "select": long(select), "targets": long(targets), "response": long(response)}
+    padding = -len(ids) % multiple_of
+    lengths = torch.tensor([len(r) for _, rs in lists for r in rs])
+    as_tensor = functools.partial(torch.tensor, dtype=torch.long)
+    return {"input_ids": as_tensor([ids + [0] * padding]), "position_ids": as_tensor([positions + [0] * padding]),
+            "prompt_lengths": [len(p) for p, _ in lists], "list_sizes": [len(rs) for _, rs in lists],
+            "response_inputs": [len(r) - 1 for _, rs in lists for r in rs], "padding": padding,
+            "select": as_tensor(select), "targets": as_tensor(targets),
+            "token_mask": torch.arange(int(lengths.max()))[None, :] < lengths[:, None]}
 
 
 def _segment_length(prompt: Sequence[int], responses: Sequence[Sequence[int]]) -> int:

@@ -31,7 +31,7 @@ from .lists import RankedList
 from .logprobs import list_logps
 from .losses import get_loss
 from .models import save_policy
-from .parallel import gather_merged, my_share
+from .parallel import gather_merged, my_share, sum_over_processes
 from .seeding import seed_everything
 
 
@@ -89,12 +89,11 @@ def list_tokens(el: EncodedList) -> int:
 
 
 def _to_matrix(flat: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scatter a flat [Σm] vector into a right-padded [B, max m] matrix and its mask."""
+    """Scatter a flat [Σm] vector into a right-padded [B, max m] matrix and its mask (no host synchronisation)."""
     width = max(sizes)
-    mask = torch.arange(width, device=flat.device)[None, :] < torch.tensor(sizes, device=flat.device)[:, None]
-    out = flat.new_zeros(len(sizes), width)
-    out[mask] = flat
-    return out, mask
+    mask = torch.arange(width)[None, :] < torch.tensor(sizes)[:, None]
+    mask = mask.to(flat.device, non_blocking=True)
+    return flat.new_zeros(len(sizes), width).masked_scatter(mask, flat), mask
 
 
 def reference_logps(
@@ -120,15 +119,16 @@ def reference_logps(
         batches[-1].append(i)
     was_training = model.training
     model.eval()
-    local: dict[int, torch.Tensor] = {}
+    flats = []  # on the device until the end: one wait for it, not one per batch
     bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
     with torch.no_grad(), accelerator.autocast():
         for ids in batches:
-            flat = policy_logps(model, [encoded[i] for i in ids], pad, accelerator.device, shared_prompt).float().cpu()
-            local.update(zip(ids, flat.split([len(encoded[i].response_ids) for i in ids])))
+            flats.append(policy_logps(model, [encoded[i] for i in ids], pad, accelerator.device, shared_prompt).float())
             bar.update(len(ids))
     bar.close()
     model.train(was_training)
+    flat = torch.cat(flats).cpu() if flats else torch.zeros(0)
+    local = dict(zip(mine, flat.split([len(encoded[i].response_ids) for i in mine])))
     merged = gather_merged(local, accelerator)
     return [merged[i] for i in range(len(encoded))]
 
@@ -163,10 +163,10 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
     γ_i > γ_j and counts half when γ_i = γ_j; the margin is γ_i − γ_j. Returns a float64 tensor [3]
     (sums, for reduction).
     """
-    ordered = (rewards[:, :, None] > rewards[:, None, :]) & mask[:, :, None] & mask[:, None, :]
-    diff = (gamma[:, :, None] - gamma[:, None, :]).detach().double()[ordered]
-    correct = (diff > 0).double().sum() + 0.5 * (diff == 0).double().sum()
-    return torch.stack([correct, ordered.sum().double(), diff.sum()])
+    ordered = ((rewards[:, :, None] > rewards[:, None, :]) & mask[:, :, None] & mask[:, None, :]).double()
+    diff = (gamma[:, :, None] - gamma[:, None, :]).detach().double()
+    correct = ((diff > 0).double() + 0.5 * (diff == 0).double()).mul(ordered).sum()
+    return torch.stack([correct, ordered.sum(), diff.mul(ordered).sum()])
 
 
 def policy_logps(
@@ -270,7 +270,7 @@ def train_phase(
         wrapped.train()
         rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        reduce = functools.partial(accelerator.reduce, reduction="sum") if world > 1 else None
+        reduce = sum_over_processes(accelerator)
 
         losses: list[float] = []
         metrics: list[dict] = []
