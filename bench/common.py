@@ -54,11 +54,13 @@ class Shape:
 
 
 # "tiny": the embedded default's shape (larpo.config.ModelConfig) over the benchmark's 4,096 words;
-# "20M": the benchmark model (head dim 64, MLP ≈ 8/3 × hidden); "smollm2": SmolLM2-135M-Instruct.
+# "20M": the benchmark model (head dim 64, MLP ≈ 8/3 × hidden); "smollm2": SmolLM2-135M-Instruct;
+# "1B": Llama 3.2 1B's shape (random weights), for MFU on a GPU.
 SHAPES = {
     "tiny": Shape("tiny", 128, 4, 4, 4, 512, 4099),
     "20M": Shape("20M", 512, 6, 8, 8, 1344, 4099),
     "smollm2": Shape("SmolLM2-135M", 576, 30, 9, 3, 1536, 49152, rope_theta=100000.0, weights=SMOLLM2_DIR),
+    "1B": Shape("Llama-1B", 2048, 16, 32, 8, 8192, 128256, rope_theta=500000.0),
 }
 
 
@@ -72,22 +74,30 @@ def word_tokenizer(n_words: int, directory: str | Path) -> PreTrainedTokenizerFa
     return AutoTokenizer.from_pretrained(directory, local_files_only=True)
 
 
-def build_model(tokenizer, shape: Shape, seed: int = 0, max_positions: int = 512) -> LlamaForCausalLM:
-    """A Llama of ``shape`` with tied embeddings: ``shape.weights`` when that directory holds a model, else
-    randomly initialised from ``seed`` (the global RNG is left as it was). Pad and EOS are the tokenizer's."""
-    weights = ROOT / shape.weights if shape.weights else None
-    if weights is not None and (weights / "config.json").is_file():
-        model = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32, **load_options())
-        model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
-        return model
-    config = LlamaConfig(
+def llama_config(tokenizer, shape: Shape, max_positions: int = 512) -> LlamaConfig:
+    """The config of a Llama of ``shape`` with tied embeddings; pad and EOS are the tokenizer's."""
+    return LlamaConfig(
         vocab_size=shape.vocab, hidden_size=shape.hidden, num_hidden_layers=shape.layers,
         num_attention_heads=shape.heads, num_key_value_heads=shape.kv_heads, intermediate_size=shape.mlp,
         rope_parameters={"rope_type": "default", "rope_theta": shape.rope_theta},
         max_position_embeddings=max_positions, tie_word_embeddings=True,
         pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id,
     )
-    with torch.random.fork_rng(devices=[]):
+
+
+def build_model(tokenizer, shape: Shape, seed: int = 0, max_positions: int = 512,
+                device: torch.device | str = "cpu") -> LlamaForCausalLM:
+    """A Llama of ``shape`` with tied embeddings: ``shape.weights`` when that directory holds a model, else
+    randomly initialised from ``seed`` on ``device`` (the global RNGs are left as they were; a model built
+    on a GPU draws from its generator). Pad and EOS are the tokenizer's."""
+    weights = ROOT / shape.weights if shape.weights else None
+    if weights is not None and (weights / "config.json").is_file():
+        model = LlamaForCausalLM.from_pretrained(weights, dtype=torch.float32, **load_options())
+        model.config.pad_token_id, model.config.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
+        return model.to(device)
+    config = llama_config(tokenizer, shape, max_positions)
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type), device:
         torch.manual_seed(seed)
         return LlamaForCausalLM(config)
 

@@ -9,6 +9,7 @@ does both and runs ``train_throughput.py`` too):
     .venv/bin/python bench/sample_throughput.py            # SmolLM2-135M-Instruct, 64 chat prompts, K = 8
     .venv/bin/python bench/sample_throughput.py --quick    # 16 prompts: about a minute and a half on 2 cores
     .venv/bin/python bench/sample_throughput.py --smoke    # a tiny random model, no SmolLM2 needed
+    .venv/bin/python bench/sample_throughput.py --model smollm2-shape   # SmolLM2's shape, random weights (GPU check)
 
 Prompts are the held-out prompts of ``task.name=chat_arithmetic`` (2-digit addition) through
 SmolLM2's chat template, which adds a default system prompt (45–48 tokens per prompt). All
@@ -28,6 +29,7 @@ available.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import random
 import sys
 import tempfile
@@ -42,6 +44,7 @@ from larpo.models import load_policy
 from larpo.sampling import _left_pad, generate, split_at_eos
 from larpo.tasks import build_task
 
+RANDOM_MODELS = {"tiny": ("tiny", (16, 48)), "smollm2-shape": ("smollm2", (45, 48))}  # shape, prompt words
 SMOKE = {"model": "tiny", "prompts": 4, "max_new_tokens": 8, "repeats": 1}
 QUICK = {"prompts": 16, "repeats": 1}
 
@@ -49,7 +52,8 @@ QUICK = {"prompts": 16, "repeats": 1}
 def parse(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default=common.SMOLLM2_DIR, help="a policy directory with a chat template "
-                   "(default: %(default)s), or 'tiny': a random model with the word tokenizer")
+                   "(default: %(default)s), or 'tiny' / 'smollm2-shape': a random model of that shape with the "
+                   "word tokenizer and prompts of random words (16-48 / 45-48 words)")
     p.add_argument("--prompts", type=int, default=64)
     p.add_argument("--ks", default="8", help="comma-separated K values")
     p.add_argument("--max-new-tokens", type=int, default=16)
@@ -60,6 +64,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--quick", action="store_true", help=f"{QUICK}; explicit flags still win")
     p.add_argument("--smoke", action="store_true", help=f"{SMOKE}; explicit flags still win")
+    p.add_argument("--result", action="store_true", help="end with a RESULT line: the speed-ups as JSON")
     a = p.parse_args(argv)
     given = " ".join(argv if argv is not None else sys.argv[1:])
     for preset, on in ((SMOKE, a.smoke), (QUICK, a.quick)):
@@ -149,10 +154,13 @@ def vllm_tokens_per_s(model, tok, prompts: list[str], k: int, a) -> float:
 
 def load(a, tmp: str):
     """The model, its tokenizer and the prompts."""
-    if a.model == "tiny":
-        tok = common.word_tokenizer(common.SHAPES["tiny"].vocab - 3, tmp)
+    if a.model in RANDOM_MODELS:
+        name, (lo, hi) = RANDOM_MODELS[a.model]
+        shape = dataclasses.replace(common.SHAPES[name], weights=None)
+        tok = common.word_tokenizer(shape.vocab - 3, tmp)
         rng = random.Random(a.seed)
-        return common.build_model(tok, common.SHAPES["tiny"], a.seed), tok, [common.words(rng, 4096, 16, 48) for _ in range(a.prompts)]
+        prompts = [common.words(rng, shape.vocab - 3, lo, hi) for _ in range(a.prompts)]
+        return common.build_model(tok, shape, a.seed), tok, prompts
     directory = common.ROOT / a.model if not a.model.startswith("/") else a.model
     if not (directory / "config.json").is_file():
         raise SystemExit(f"{directory}: no model there; run `bash scripts/fetch-smollm2.sh` first (or pass --model)")
@@ -218,6 +226,9 @@ def main() -> int:
         verdict = "met" if round(ratio, 2) >= 2.0 else "missed"
         print(f"\nPrefilled once / K copies at K={k}: {ratio:.2f}x tokens/s" + (f" (target >= 2x at K=8: {verdict})" if k == 8 else "")
               + f"; with sampling.draw=inverse_cdf: {inverse_cdf:.2f}x")
+    if a.result:
+        common.emit({"sampling": {k: {"prefilled_once": r, "inverse_cdf": i} for k, (r, i) in speedups.items()},
+                     "device": dev.type})
     return 0
 
 

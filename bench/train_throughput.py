@@ -127,19 +127,21 @@ def larpo_cfg(a, batch: int, micro: int, ref_batch: int, shared: bool, loss: str
                        mixed_precision="bf16" if torch.cuda.is_available() else "no")
 
 
-def larpo_timing(a, tok, model_shape: common.Shape, jobs: dict[str, tuple[list[dict], TrainConfig, bool]]) -> dict[str, dict]:
-    """Per job (rows, config, activation checkpointing): a warm-up step, then ``repeats`` × (reference pass,
-    training phase) on fresh models, medians. Repeats are interleaved across jobs, so a load change on the
-    machine hits every job alike. The lists are encoded before timing."""
+def larpo_timing(a, tok, model_shape: common.Shape, jobs: dict[str, tuple[list[dict], TrainConfig, bool]],
+                 warmup: int | None = WARMUP_PAIRS) -> dict[str, dict]:
+    """Per job (rows, config, activation checkpointing): a warm-up phase on the first ``warmup`` lists (None:
+    all of them, which a GPU needs: it compiles FlexAttention for the packed rows' lengths), then ``repeats``
+    × (reference pass, training phase) on fresh models, medians. Repeats are interleaved across jobs, so a
+    load change on the machine hits every job alike. The lists are encoded before timing."""
     acc = make_accelerator(next(iter(jobs.values()))[1])  # mixed_precision is the same for all jobs
     encoded = {name: encode_lists(tok, ranked(rows)) for name, (rows, _, _) in jobs.items()}
 
     def fresh_model(checkpointing: bool):
-        model = common.build_model(tok, model_shape, a.seed)
+        model = common.build_model(tok, model_shape, a.seed, device=acc.device)
         return prepare_policy(model, ModelConfig(gradient_checkpointing=True)) if checkpointing else model
 
     for name, (_, cfg, ckpt) in jobs.items():
-        train_phase(fresh_model(ckpt), tok, encoded[name][:WARMUP_PAIRS], cfg, acc, progress=False)
+        train_phase(fresh_model(ckpt), tok, encoded[name][:warmup], cfg, acc, progress=False)
         gc.collect()
     times: dict[str, dict] = {name: {"ref": [], "train": [], "phase": []} for name in jobs}
     for _ in range(a.repeats):
