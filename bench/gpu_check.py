@@ -166,7 +166,8 @@ def table(a: argparse.Namespace) -> None:
         rows.append(["training", f"{len(train_results)} of {len(SHAPES)} shapes: {_status(logdir, 'train')}"])
     (s,) = _results(logdir / "sample.log")[-1:] or [None]
     rows.append(["sampling, prefilled once / HF generate (K copies)",
-                 "; ".join(f"K={k}: {v['prefilled_once']:.2f}x (inverse-CDF draw {v['inverse_cdf']:.2f}x)"
+                 "; ".join(f"K={k}: {v['prefilled_once']:.2f}x (inverse-CDF draw {v['inverse_cdf']:.2f}x"
+                           + (f"; cache written in place {v['in_place']:.2f}x" if "in_place" in v else "") + ")"
                            for k, v in s["sampling"].items()) if s else _status(logdir, "sample")])
     (d,) = _results(logdir / "default.log") or [None]
     rows.append(["embedded default (`larpo run`)",
@@ -185,7 +186,7 @@ def main() -> int:
     t = sub.add_parser("train")
     t.add_argument("--smoke", action="store_true", help="one-layer hidden-64 bodies (same vocabularies), 8 pairs")
     t.add_argument("--pairs", type=int, default=256, help="SmolLM2's shape: pairs timed")
-    t.add_argument("--pairs-1b", type=int, default=128, help="the 1B shape: pairs timed")
+    t.add_argument("--pairs-1b", type=int, default=256, help="the 1B shape: pairs timed")
     t.add_argument("--batch", type=int, default=64, help="pairs per optimizer step, one micro-batch")
     t.add_argument("--repeats", type=int, default=3)
     t.add_argument("--seed", type=int, default=0)

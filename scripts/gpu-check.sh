@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # larpo on a GPU in one short call (about 5 minutes on one GPU), ending with a markdown table:
-#   bash scripts/gpu-check.sh [--smoke] [--logs DIR]
+#   bash scripts/gpu-check.sh [--smoke] [--logs DIR] [--parts peak,train,sample,default,tests]
 # Parts, each time-boxed (seconds: PEAK_S, TRAIN_S, SAMPLE_S, DEFAULT_S, TESTS_S), each with its log in
 # DIR (default runs/gpu-check/<UTC time>): the matmul peak; table-1 training rows in one process for
 # SmolLM2-135M's shape and a 1B Llama (larpo shared / unshared prompt, TRL DPOTrainer as shipped, MFU;
@@ -8,18 +8,21 @@
 # (bench/sample_throughput.py); then, side by side, the embedded default (`larpo run`) and the test
 # suite (pytest-xdist when installed; real_model tests need the network and are left out).
 # --smoke runs the same plumbing on a CPU in a few minutes: shrunk shapes, a small default, a few test
-# files; CI runs it. Its numbers mean nothing.
+# files; CI runs it. Its numbers mean nothing. --parts runs some parts only (to rerun one that failed);
+# TESTS="pytest arguments" replaces the test selection, TEST_WORKERS=N sets pytest-xdist's workers (0: none).
 # Python: $PYTHON, else .venv/bin/python, else python3. A machine without network that lacks packages:
 # WHEELS=DIR installs the wheels in DIR into a temporary directory first (docs/performance.md, "GPU").
 set -uo pipefail
 cd "$(dirname "$0")/.."
 smoke=0
 logs=""
+parts=peak,train,sample,default,tests
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
     --logs) logs="${2:?--logs needs a directory}"; shift ;;
-    *) echo "usage: bash scripts/gpu-check.sh [--smoke] [--logs DIR]" >&2; exit 2 ;;
+    --parts) parts="${2:?--parts needs a comma-separated list}"; shift ;;
+    *) echo "usage: bash scripts/gpu-check.sh [--smoke] [--logs DIR] [--parts peak,train,sample,default,tests]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -45,6 +48,7 @@ fi
 part() {  # part NAME SECONDS COMMAND...: run it time-boxed, its output to NAME.log, "NAME EXIT-STATUS" to status
   local name="$1" seconds="$2" start=$SECONDS
   shift 2
+  case ",$parts," in *",$name,"*) ;; *) return 0 ;; esac
   timeout -k 10 "$seconds" "$@" > "$logs/$name.log" 2>&1
   local code=$?
   echo "$name $code" >> "$logs/status"
@@ -62,15 +66,16 @@ else
   default=()
   tests=(-m "not real_model" tests)
 fi
+if [ -n "${TESTS:-}" ]; then read -r -a tests <<< "$TESTS"; fi
 xdist=()
-if "$py" -c "import xdist" 2>/dev/null; then xdist=(-n "${TEST_WORKERS:-12}"); fi
+if [ "${TEST_WORKERS:-12}" != 0 ] && "$py" -c "import xdist" 2>/dev/null; then xdist=(-n "${TEST_WORKERS:-12}"); fi
 
 part peak "${PEAK_S:-30}" "$py" bench/gpu_check.py peak
 part train "${TRAIN_S:-120}" "$py" bench/gpu_check.py train ${train[@]+"${train[@]}"}
 part sample "${SAMPLE_S:-45}" "$py" bench/sample_throughput.py --result "${sample[@]}"
 run_dir="$(mktemp -d)/default"
 part default "${DEFAULT_S:-100}" "$py" bench/gpu_check.py default "$run_dir" ${default[@]+"${default[@]}"} &
-TORCHINDUCTOR_COMPILE_THREADS=1 part tests "${TESTS_S:-100}" "$py" -m pytest -v -p no:cacheprovider ${xdist[@]+"${xdist[@]}"} "${tests[@]}" &
+TORCHINDUCTOR_COMPILE_THREADS=1 part tests "${TESTS_S:-100}" "$py" -m pytest -v --tb=short -p no:cacheprovider ${xdist[@]+"${xdist[@]}"} "${tests[@]}" &
 wait
 "$py" bench/gpu_check.py table "$logs" | tee "$logs/table.md"
 echo "gpu-check: logs in $logs" >&2

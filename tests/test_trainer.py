@@ -2,6 +2,7 @@
 
 import copy
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,7 +13,8 @@ import torch
 from larpo.config import TrainConfig
 from larpo.io import read_jsonl
 from larpo.lists import RankedList
-from larpo.logprobs import collate_pairs, sequence_logps, to_device
+from larpo.logprobs import collate_pairs, sequence_logps
+from larpo.transfer import to_device
 from larpo.trainer import encode_lists, make_accelerator, pair_statistics, train_phase
 
 from conftest import cpu_process_env
@@ -158,7 +160,7 @@ def test_pair_statistics_count_strictly_ordered_pairs():
 
 
 def test_two_processes_match_one_process(tiny_model_dir, tmp_path):
-    env = cpu_process_env(PYTHONPATH=str(HERE))
+    env = cpu_process_env(PYTHONPATH=os.pathsep.join([str(HERE), os.environ.get("PYTHONPATH", "")]))
     one, two = tmp_path / "one.json", tmp_path / "two.json"
     subprocess.run([sys.executable, str(HERE / "phase_worker.py"), str(tiny_model_dir), str(one)], check=True, env=env, timeout=300)
     subprocess.run(

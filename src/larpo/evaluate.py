@@ -18,6 +18,7 @@ from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .rerankers import Reranker
 from .sampling import Sample, generate
 from .tasks import Example, Task
+from .transfer import to_device
 
 
 def _greedy(model, tokenizer, prompts: list[str], max_new_tokens: int, batch_size: int, progress: bool = False) -> list[str]:
@@ -108,7 +109,7 @@ def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batc
         starts = range(0, len(pairs), batch_size)
         for start in tqdm(starts, desc="retriever evaluation: log-probs", unit="batch", disable=not progress):
             batch = collate_pairs(pairs[start : start + batch_size], pad)
-            out.extend(sequence_logps(model, {k: v.to(model.device) for k, v in batch.items()}).tolist())
+            out.extend(sequence_logps(model, to_device(batch, model.device)).tolist())
     finally:
         model.train(was_training)
     return out

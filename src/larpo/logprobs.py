@@ -26,6 +26,7 @@ from transformers import DynamicCache
 
 from . import lm_head, segment_attention
 from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
+from .transfer import to_device
 
 
 def collate_pairs(pairs: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -114,11 +115,6 @@ def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device
     if layout == "shared":
         return shared_prompt_logps(model, to_device(collate_lists(lists, pad_id), device))
     return sequence_logps(model, to_device(collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id), device))
-
-
-def to_device(batch: dict, device: torch.device | str) -> dict:
-    """``batch`` with its tensors moved to ``device`` (other values as they are)."""
-    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
 def head_dim(config) -> int:

@@ -30,6 +30,8 @@ from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex
 from transformers.integrations.sdpa_attention import repeat_kv
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from .transfer import to_device
+
 # Keywords of attention features the segment path does not implement; a model that passes one of them (not None) is refused.
 _UNSUPPORTED = ("position_bias", "softcap", "sliding_window", "s_aux")
 FLEX_DEVICES = ("cuda",)  # device types whose packed attention is one FlexAttention call per layer
@@ -81,7 +83,7 @@ class Segments:
             lengths = torch.tensor([*self.pieces, self.padding])
             owner = torch.tensor([s for s, _ in kinds] + [len(self.lists)])  # each piece's list; the padding its own
             piece = torch.tensor([i if j else -1 for i, (_, j) in enumerate(kinds)] + [-1])  # -1: a prompt, the padding
-            doc, piece = (t.repeat_interleave(lengths).to(device) for t in (owner, piece))
+            doc, piece = (to_device(t.repeat_interleave(lengths), device) for t in (owner, piece))
             n = len(doc)
             self._block_masks[device] = create_block_mask(_list_by_list(doc, piece), None, None, n, n, device=device,
                                                           BLOCK_SIZE=BLOCK)
@@ -99,7 +101,15 @@ def _list_by_list(doc: torch.Tensor, piece: torch.Tensor):
 
 @functools.cache
 def _compiled_flex():
-    """``flex_attention`` compiled (its fused kernels; once per process, for dynamic lengths after the second)."""
+    """``flex_attention`` compiled (its fused kernels; once per process, for dynamic lengths after the second).
+
+    Dynamo keeps one compiled variant per head layout, dtype, grad mode and (static or dynamic)
+    length. Past its limit per function (8 by default) it would run flex_attention unfused, slower
+    and with other rounding, which a process that trains several models (a test session, a sweep)
+    reaches: the limit is raised to at least 64.
+    """
+    config = torch._dynamo.config
+    config.recompile_limit = max(config.recompile_limit, 64)
     return torch.compile(flex_attention)
 
 

@@ -20,6 +20,7 @@ from .evaluate import greedy_eval
 from .io import append_jsonl
 from .logprobs import collate_pairs, sequence_logps
 from .tasks import Example, Task
+from .transfer import to_device
 
 
 def sft_train(
@@ -47,7 +48,7 @@ def sft_train(
     model.train()
     for step in range(1, cfg.max_steps + 1):
         idx = torch.randint(len(pairs), (cfg.batch_size,), generator=generator).tolist()
-        batch = {k: v.to(model.device) for k, v in collate_pairs([pairs[i] for i in idx], pad).items()}
+        batch = to_device(collate_pairs([pairs[i] for i in idx], pad), model.device)
         loss = -sequence_logps(model, batch).sum() / batch["response_mask"].sum()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)

@@ -33,6 +33,7 @@ from .losses import get_loss
 from .models import save_policy
 from .parallel import gather_merged, my_share, sum_over_processes
 from .seeding import seed_everything
+from .transfer import to_device
 
 
 @dataclass(frozen=True)
@@ -91,8 +92,7 @@ def list_tokens(el: EncodedList) -> int:
 def _to_matrix(flat: torch.Tensor, sizes: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Scatter a flat [Σm] vector into a right-padded [B, max m] matrix and its mask (no host synchronisation)."""
     width = max(sizes)
-    mask = torch.arange(width)[None, :] < torch.tensor(sizes)[:, None]
-    mask = mask.to(flat.device, non_blocking=True)
+    mask = to_device(torch.arange(width)[None, :] < torch.tensor(sizes)[:, None], flat.device)
     return flat.new_zeros(len(sizes), width).masked_scatter(mask, flat), mask
 
 
@@ -201,6 +201,14 @@ def _release(accelerator: Accelerator, model: nn.Module, wrapped: nn.Module) -> 
     clear_device_cache()
 
 
+def _step_row(totals: torch.Tensor, grad_norm, lists: int, lr: float, keys: dict) -> dict:
+    """One optimizer step's metrics row: ``keys`` (tag, epoch, step), then the mean loss over its ``lists``,
+    pair accuracy and mean γ margin (from ``totals`` [4]: Σ loss, correct pairs, pairs, Σ margin), grad norm, lr."""
+    loss, correct, pairs, margin = totals.tolist()
+    return {**keys, "loss": loss / lists, "pair_accuracy": correct / pairs if pairs else None,
+            "margin": margin / pairs if pairs else None, "grad_norm": float(grad_norm), "lr": lr}
+
+
 def _list_losses(
     model: nn.Module,
     batch: Sequence[EncodedList],
@@ -214,8 +222,8 @@ def _list_losses(
     """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
     sizes = [len(el.response_ids) for el in batch]
     policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt, reduce), sizes)
-    reference, _ = _to_matrix(torch.cat(list(ref)).to(device), sizes)
-    rewards, _ = _to_matrix(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32, device=device), sizes)
+    reference, _ = _to_matrix(to_device(torch.cat(list(ref)), device), sizes)
+    rewards, _ = _to_matrix(to_device(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32), device), sizes)
     gamma = cfg.beta * (policy - reference)
     return loss_fn(gamma, mask, rewards), pair_statistics(gamma, mask, rewards)
 
@@ -275,6 +283,16 @@ def train_phase(
         losses: list[float] = []
         metrics: list[dict] = []
         bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
+
+        def record(totals: torch.Tensor, grad_norm, lists: int, lr: float, epoch: int) -> None:
+            """A step's metrics row, read from the device, logged and written."""
+            metrics.append(_step_row(totals, grad_norm, lists, lr, {**(tag or {}), "epoch": epoch, "step": len(metrics) + 1}))
+            losses.append(metrics[-1]["loss"])
+            if metrics_path is not None and accelerator.is_main_process:
+                append_jsonl(metrics_path, metrics[-1])
+            bar.set_postfix(loss=f"{losses[-1]:.4f}")
+
+        pending: list[tuple] = []  # steps whose metrics are still on the device
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
             for start in range(0, len(order), cfg.batch_size):
@@ -301,23 +319,13 @@ def train_phase(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                totals = accelerator.reduce(totals, reduction="sum") if world > 1 else totals
-                loss, correct, pairs, margin = totals.tolist()
-                losses.append(loss / len(step_ids))
-                metrics.append({
-                    **(tag or {}),
-                    "epoch": epoch,
-                    "step": len(losses),
-                    "loss": losses[-1],
-                    "pair_accuracy": correct / pairs if pairs else None,
-                    "margin": margin / pairs if pairs else None,
-                    "grad_norm": float(grad_norm),
-                    "lr": lr,
-                })
-                if metrics_path is not None and accelerator.is_main_process:
-                    append_jsonl(metrics_path, metrics[-1])
+                pending.append((accelerator.reduce(totals, reduction="sum") if world > 1 else totals, grad_norm,
+                                len(step_ids), lr, epoch))
+                if len(pending) > 1:  # the step before this one: reading it waits for it while the device runs this one
+                    record(*pending.pop(0))
                 bar.update(1)
-                bar.set_postfix(loss=f"{losses[-1]:.4f}")
+        for step in pending:
+            record(*step)
         bar.close()
         if save_to is not None:
             state_dict = accelerator.get_state_dict(wrapped)  # a collective under FSDP / ZeRO-3: every process
