@@ -20,6 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .encoding import encode_prompt, pad_id
 from .logprobs import base_model, cache_argument, forward_accepts, left_padded_positions
+from .versions import internals_tested
 
 
 @dataclass(frozen=True)
@@ -59,15 +60,17 @@ def _generate_k(
     the positions ``generate`` would give them; the key/value cache is repeated k times and
     ``generate`` continues from it on the k-times repeated ids, so its own prefill is the last
     prompt token alone. Sampling itself is ``generate``'s, with the same random draws in the same
-    order as ``num_return_sequences=k`` (unless ``generate_kwargs`` bring a :class:`_Draw`). The
-    cache's full-attention layers keep room for the whole sequence (:class:`_PreallocatedLayer`), so
-    a decoding step writes its keys and values in place.
+    order as ``num_return_sequences=k`` (unless ``generate_kwargs`` bring a :class:`_Draw`). On a
+    transformers release :class:`_PreallocatedLayer` was tested with (:mod:`larpo.versions`), the
+    cache's full-attention layers keep room for the whole sequence, so a decoding step writes its
+    keys and values in place; on any other, they are transformers' own, which concatenate.
     """
     cached = {}
     if input_ids.shape[1] > 1:
         cache = DynamicCache(config=base_model(model).config)
-        capacity = input_ids.shape[1] + max_new_tokens
-        cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
+        if internals_tested("transformers"):
+            capacity = input_ids.shape[1] + max_new_tokens
+            cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
         mask = attention_mask[:, :-1]
         model(
             input_ids=input_ids[:, :-1], attention_mask=mask, position_ids=left_padded_positions(mask),
