@@ -206,3 +206,55 @@ def test_two_processes_train_as_one_process_does(tiny_model_dir, tmp_path, capsy
                         atol=1e-4)
     files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and ".larpo.lock" not in p.name)  # noqa: E731
     assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+LENGTH_SCORER = """
+def score(prompts, responses):
+    return [len(r) + sum(map(ord, r)) % 7 / 10 for r in responses]  # an empty reply scores lowest
+"""
+
+
+@pytest.fixture(scope="module")
+def eos_or_cut_run(tmp_path_factory):
+    """An iteration of a policy that answers EOS at once about one time in 16 and is often cut at 2 tokens.
+
+    Its next-token distribution is uniform over a vocabulary of 16 (digits, '+', '-', '=' and 3 special
+    tokens): the LM head is zero.
+    """
+    from conftest import TINY, arithmetic_corpus
+    from larpo.models import build_tiny_model, build_tokenizer, save_policy
+
+    directory = tmp_path_factory.mktemp("eos_or_cut")
+    tokenizer = build_tokenizer(arithmetic_corpus(), vocab_size=16)
+    model = build_tiny_model(TINY, tokenizer, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    save_policy(model, tokenizer, directory / "policy")
+    (directory / "length_scorer.py").write_text(LENGTH_SCORER)
+    sys.path.insert(0, str(directory))
+    try:
+        cfg = C.load(None, [f"model.path={directory / 'policy'}", "sft.enabled=false", "task.n_train=40", "task.n_eval=8",
+                            "reranker.kind=callable", "reranker.function=length_scorer:score", "sampling.k=8",
+                            "sampling.max_new_tokens=2", "loop.iterations=1", "loop.prompts_per_iteration=24",
+                            "eval.n_prompts=8", "eval.samples=0", *SMALL_TRAIN])
+        run(cfg, directory / "run", progress=False, log=lambda _: None)
+    finally:
+        sys.path.remove(str(directory))
+    return directory / "run"
+
+
+@pytest.mark.parametrize("fmt", ["trl", "listwise"])
+def test_lists_exported_from_a_run_with_empty_and_cut_responses_train_with_train_lists(eos_or_cut_run, fmt, tmp_path, capsys):
+    trained = read_jsonl(eos_or_cut_run / "iter_0" / "lists.jsonl")
+    items = [(text, finished) for row in trained for text, finished in zip(row["responses"], row["finished"])]
+    assert ("", True) in items and (False in {finished for _, finished in items})  # answered EOS at once; cut
+    exported = tmp_path / f"{fmt}.jsonl"
+    assert main(["export-lists", str(eos_or_cut_run), "--format", fmt, "--out", str(exported)]) == 0
+    if fmt == "trl":
+        assert "" in {row["rejected"] for row in read_jsonl(exported)}
+    code, out, err = train_lists(capsys, exported, "--model", eos_or_cut_run.parent / "policy", "--out", tmp_path / "out",
+                                 "--config", eos_or_cut_run / "config.yaml", "--strict")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lists"] == len(trained) and summary["steps"] > 0
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_jsonl(tmp_path / "out" / "metrics.jsonl"))

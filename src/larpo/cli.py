@@ -68,7 +68,8 @@ def cmd_train_lists(args: argparse.Namespace) -> int:
     from .train_lists import run_train_lists
 
     fields = Fields(args.prompt_field, args.responses_field, args.rewards_field)
-    run_train_lists(cfg, args.data, args.out, fields, args.split, args.drop_bad_rows, args.eval, progress=not args.quiet)
+    run_train_lists(cfg, args.data, args.out, fields, args.split, args.drop_bad_rows, args.eval, progress=not args.quiet,
+                    strict=args.strict)
     return 0
 
 
@@ -203,9 +204,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "training phase, reference = the starting model, for train.epochs; the policy is saved to "
                         "OUT/policy. DATA is listwise JSONL {prompt, responses, rewards} (export-lists --format "
                         "listwise, RLHFlow), TRL preference JSONL {prompt, chosen, rejected}, or a directory saved "
-                        "with datasets' save_to_disk; see docs/train-lists.md. Every bad row is named by file, line "
-                        "and field; how many lists were used and dropped, and why, is printed and written to "
-                        "OUT/data_report.json.")
+                        "with datasets' save_to_disk; see docs/train-lists.md. A malformed row is an error naming file, "
+                        "line and field; a row that makes no list (fewer than two responses, all rewards tied) is "
+                        "dropped; how many lists were used and dropped, and why, is printed and written to "
+                        "OUT/data_report.json. An empty response is one that ended at once (trained as EOS alone).")
     tl.add_argument("data", metavar="DATA", help="a JSONL file, or a dataset directory saved with save_to_disk")
     tl.add_argument("--model", metavar="DIR", help="the local model to train (model.path; default: the config's)")
     tl.add_argument("--out", required=True, metavar="DIR", help="output directory: new or empty, or an unfinished train-lists run")
@@ -219,8 +221,11 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--rewards-field", default="rewards", metavar="FIELD",
                     help="the rewards' field, e.g. completions.overall_score (default: rewards)")
     tl.add_argument("--drop-bad-rows", action="store_true",
-                    help="drop a malformed row, counted by reason, instead of stopping at the first (lists whose "
-                    "rewards all tie are always dropped)")
+                    help="drop a malformed row (a missing field, a wrong type, lengths that disagree, a reward that is "
+                    "not a finite number), counted by reason, instead of stopping at the first")
+    tl.add_argument("--strict", action="store_true",
+                    help="stop at a row that makes no list (fewer than two responses, or rewards that all tie) instead "
+                    "of dropping it and counting it")
     tl.add_argument("--eval", action="store_true",
                     help="evaluate the starting and the trained policy on the held-out prompts of the configured task")
     tl.add_argument("--quiet", action="store_true", help="no progress bars")

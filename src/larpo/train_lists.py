@@ -187,10 +187,11 @@ def run_train_lists(
     evaluate: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    strict: bool = False,
 ) -> dict:
     """``larpo train-lists``: train ``model.path`` on the lists in ``data``, into ``out``; return the summary.
 
-    ``fields``, ``split`` and ``drop_bad_rows`` are :func:`larpo.listdata.read_lists`'s; the lists
+    ``fields``, ``split``, ``drop_bad_rows`` and ``strict`` are :func:`larpo.listdata.read_lists`'s; the lists
     are cut by ``lists.strategy`` with the sizes for ``train.loss``, as the loop cuts its own.
     With ``evaluate``, the starting and the trained policy are evaluated (greedy) on the held-out
     prompts of ``task``. Rerunning a finished run (same config, same lists) returns its summary;
@@ -203,7 +204,7 @@ def run_train_lists(
     out = Path(out)
 
     top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows)
+    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows, strict)
     log(f"[larpo] {report.summary()}")
     for line in report.dropped_rows[:3]:
         log(f"[larpo]   dropped {line}")
