@@ -23,7 +23,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 CONSTRAINTS = ROOT / "constraints.txt"
-LOWEST_EXTRAS = ("dev", "gguf")  # installed at their lower bounds by scripts/test-lowest.sh
+LOWEST_EXTRAS = ("dev", "gguf", "tensorboard")  # installed at their lower bounds by scripts/test-lowest.sh
 NOT_PINNED = re.compile(r"(torch|triton|nvidia-.*|cuda-.*|sympy|mpmath|networkx)==", re.IGNORECASE)  # torch's own
 HEADER = """\
 # The exact versions the test suite last passed with: scripts/install.sh installs these.

@@ -1,6 +1,7 @@
 """larpo train-lists and train_on_lists: training on lists from data, as a library and as a command."""
 
 import copy
+import importlib.util
 import json
 import os
 import subprocess
@@ -189,7 +190,8 @@ def test_exported_lists_trained_with_train_lists_repeat_the_loops_iteration_step
 def test_two_processes_train_as_one_process_does(tiny_model_dir, tmp_path, capsys):
     data = listwise_file(tmp_path / "l.jsonl", 10)
     args = [str(data), "--model", str(tiny_model_dir), "--quiet", "train.loss=listmle", "train.batch_size=4",
-            "train.micro_batch_size=1", "train.lr=3e-3", "train.epochs=2", "train.warmup_ratio=0"]
+            "train.micro_batch_size=1", "train.lr=3e-3", "train.epochs=2", "train.warmup_ratio=0",
+            *(["--report-to", "tensorboard"] if importlib.util.find_spec("tensorboard") else [])]
     assert main(["train-lists", *args, "--out", str(tmp_path / "one")]) == 0
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
@@ -204,8 +206,15 @@ def test_two_processes_train_as_one_process_does(tiny_model_dir, tmp_path, capsy
                                atol=1e-5, rtol=1e-5)
     assert_same_weights(tmp_path / "two" / "policy" / "model.safetensors", tmp_path / "one" / "policy" / "model.safetensors",
                         atol=1e-4)
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and ".larpo.lock" not in p.name)  # noqa: E731
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*")  # noqa: E731
+                             if p.is_file() and ".larpo.lock" not in p.name and "tracker" not in p.parts)
     assert files(tmp_path / "two") == files(tmp_path / "one")
+    if "--report-to" in args:  # only the main process logs to the tracker: one event file of every step
+        from test_tracking import scalars
+
+        events = list((tmp_path / "two" / "tracker").rglob("events.out.tfevents.*"))
+        assert len(events) == 2  # the scalars, and accelerate's hyperparameters beside them
+        assert [step for step, _ in scalars(tmp_path / "two" / "tracker")["train/loss"]] == list(range(1, 7))
 
 
 LENGTH_SCORER = """

@@ -8,6 +8,7 @@ before torch and transformers are imported, so a bad config answers at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -18,6 +19,21 @@ from .config import ConfigError
 from .io import write_json_atomic, write_text_atomic
 
 USAGE_OVERRIDES = "section.field=value overrides, e.g. train.loss=listmle sampling.k=4 (values parsed as YAML)"
+USAGE_REPORT_TO = ("experiment trackers that get every training step and evaluation, comma-separated: tensorboard, "
+                   "wandb, mlflow, trackio, ... (accelerate's; the config's `report_to`, default none); their local "
+                   "files go to OUT/tracker/")
+
+
+def _add_report_to(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report-to", metavar="TRACKERS", help=USAGE_REPORT_TO)
+
+
+def _option_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides that --threads and --report-to stand for."""
+    overrides = [f"threads={args.threads}"] if getattr(args, "threads", None) is not None else []
+    if args.report_to is not None:
+        overrides.append(f"report_to={json.dumps(args.report_to.split(','))}")
+    return overrides
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +42,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads in every process (the config's "
                         "`threads`); 1 is much faster on a machine shared with other work")
+    _add_report_to(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
 
 
 def _resolve(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
-    threads = [f"threads={args.threads}"] if args.threads is not None else []
-    cfg = config_mod.load(args.config, [*args.overrides, *threads])
+    cfg = config_mod.load(args.config, [*args.overrides, *_option_overrides(args)])
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     return cfg, out
 
@@ -61,7 +77,7 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_train_lists(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config, args.overrides)  # before the heavy imports below
+    cfg = config_mod.load(args.config, [*args.overrides, *_option_overrides(args)])  # before the heavy imports below
     if args.model is not None:
         cfg.model.path = args.model
     from .listdata import Fields
@@ -211,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("data", metavar="DATA", help="a JSONL file, or a dataset directory saved with save_to_disk")
     tl.add_argument("--model", metavar="DIR", help="the local model to train (model.path; default: the config's)")
     tl.add_argument("--out", required=True, metavar="DIR", help="output directory: new or empty, or an unfinished train-lists run")
-    tl.add_argument("--config", help="YAML config: train.*, lists.strategy/top/bottom, model.*, seed (and task.*, eval.* "
+    tl.add_argument("--config", help="YAML config: train.*, lists.strategy/top/bottom, model.*, seed, report_to (and task.*, eval.* "
                     "with --eval); default: the embedded default")
     tl.add_argument("--split", help="the split of a saved DatasetDict")
     tl.add_argument("--prompt-field", default="prompt", metavar="FIELD", help="the prompt's field (default: prompt)")
@@ -229,6 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--eval", action="store_true",
                     help="evaluate the starting and the trained policy on the held-out prompts of the configured task")
     tl.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_report_to(tl)
     tl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
     tl.set_defaults(func=cmd_train_lists)
     report = sub.add_parser("report", help="regenerate report.md and plots of a run directory",

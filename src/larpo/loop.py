@@ -49,6 +49,7 @@ from .runlock import run_dir_lock
 from .seeding import seed_everything, stage_seed
 from .sft import sft_train
 from .tasks import Example
+from .tracking import TRACKER_DIR, MetricsLog, tracked
 from .trainer import EncodedList, encode_lists, make_accelerator, reference_logps, train_phase
 
 T = TypeVar("T")
@@ -64,7 +65,7 @@ def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
     return result if accelerator.is_main_process else stage()
 
 
-def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -> Path:
+def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, metrics: MetricsLog) -> Path:
     """Build (or load) π_0 and warm it up with SFT; return the directory it is saved in."""
     sft_dir = run_dir / "sft"
     if cfg.model.path is not None and not cfg.sft.enabled:
@@ -82,7 +83,7 @@ def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool) -
             rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
             sft_train(
                 model, tokenizer, inputs.task, inputs.sft_train, inputs.validation, cfg.sft, cfg.sampling.max_new_tokens,
-                seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
+                seed=cfg.seed, metrics_path=metrics, progress=progress,
             )
         save_policy(model, tokenizer, sft_dir)
     return sft_dir
@@ -183,7 +184,7 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
 
 def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
-              progress: bool) -> dict:
+              metrics: MetricsLog, progress: bool) -> dict:
     """Greedy held-out evaluation of one policy: ``out`` (JSON) and its responses beside it (JSON lines)."""
     if out.exists():
         return json.loads(out.read_text())
@@ -192,7 +193,7 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
     row = {"stage": "eval", "policy": policy, **eval_headline(scores)}
-    rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
+    metrics.write(row, replaces=lambda r: r.get("stage") == "eval" and r.get("policy") == policy)
     return save_greedy_eval(scores, inputs.held_out, out)
 
 
@@ -229,13 +230,14 @@ def retriever_brief(result: dict) -> dict:
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Build (or load) and warm up the initial policy; return its held-out evaluation."""
-    make_accelerator(cfg.train, cfg.threads)
-    inputs = check_inputs(cfg, log)
     run_dir = Path(run_dir)
+    accelerator = make_accelerator(cfg.train, cfg.threads, cfg.trackers, run_dir / TRACKER_DIR)
+    inputs = check_inputs(cfg, log)
     with run_dir_lock(run_dir):
         prepare_run_dir(cfg, run_dir, log)
-        policy_dir = initial_policy(cfg, inputs, run_dir, progress)
-        return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, progress)
+        with tracked(cfg, run_dir, accelerator, log) as metrics:
+            policy_dir = initial_policy(cfg, inputs, run_dir, progress, metrics)
+            return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, metrics, progress)
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -244,18 +246,19 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     On several processes every process returns the summary; only the main one writes and logs.
     """
     start = time.time()
-    accelerator = make_accelerator(cfg.train, cfg.threads)
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(cfg.train, cfg.threads, cfg.trackers, run_dir / TRACKER_DIR)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
     inputs = check_inputs(cfg, log)  # nothing is written before the inputs are known to be good
     reranker = build_reranker(cfg.reranker, inputs.task, accelerator.device, cfg.model.dtype)
     check_reranker(reranker, inputs)
-    run_dir = Path(run_dir)
     with run_dir_lock(run_dir) if main else contextlib.nullcontext():
         if main:
             prepare_run_dir(cfg, run_dir, log)
         accelerator.wait_for_everyone()
-        summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log)
+        with tracked(cfg, run_dir, accelerator, log) as metrics:
+            summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log, metrics)
         summary["stage_seconds"] = stage_seconds(run_dir)
         summary["wall_seconds"] = round(time.time() - start, 2)
         if main:
@@ -265,16 +268,16 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
 
 
 def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, accelerator: Accelerator, progress: bool,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], metrics: MetricsLog) -> dict:
     """Algorithm 1 in a ready run directory, resuming at the first unfinished stage; the summary."""
     main = accelerator.is_main_process
     pool = inputs.pool
 
     def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
-        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, progress))
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, metrics, progress))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
-    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress))
+    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, metrics))
     evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
@@ -300,7 +303,7 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
             with _timed(run_dir, "training", s, write=main):  # the reference pass included
                 train_phase(
                     model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
-                    metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
+                    metrics_path=metrics, tag={"stage": "train", "iteration": s}, progress=progress,
                     ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, encoded, pad_id(tokenizer), accelerator),
                     save_to=d / "policy",
                 )
