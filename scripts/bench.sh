@@ -3,7 +3,7 @@
 #   bash scripts/bench.sh            # the full run (about 1.5 hours on 2 idle CPU cores)
 #   bash scripts/bench.sh --quick    # 12 minutes on 2 idle CPU cores (measured)
 #   bash scripts/bench.sh --smoke    # everything shrunk: checks the plumbing, measures nothing
-# Installs larpo with the bench extra (trl, datasets, psutil) through scripts/install.sh, fetches
+# Installs larpo with the bench extra (trl) through scripts/install.sh, fetches
 # SmolLM2-135M-Instruct (scripts/fetch-smollm2.sh; if that fails, training uses a from-config
 # model of its shape and the sampling benchmark is skipped), then runs bench/train_throughput.py
 # and bench/sample_throughput.py. Their tables go to the terminal and to

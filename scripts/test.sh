@@ -2,5 +2,5 @@
 # Install what the tests need, then run the whole suite.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install.sh dev,trl,gguf
+bash scripts/install.sh dev,trl,gguf,tensorboard
 exec .venv/bin/python -m pytest -q "$@"

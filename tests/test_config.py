@@ -52,6 +52,10 @@ def test_ints_and_exponent_notation_are_accepted_where_floats_are_expected(tmp_p
         ("task.operations=['*']", "task.operations"),
         ("reranker.kind=hf", "reranker.path: required"),
         ("train", "expected section.field=value"),
+        ("report_to=[none, wandb]", "report_to: got ['none', 'wandb'], expected none, a tracker's name or a list"),
+        ("report_to=[]", "report_to: got [], expected none"),
+        ("report_to=[wandb, wandb]", "report_to: got ['wandb', 'wandb']"),
+        ("report_to=7", "report_to: got 7, expected"),
     ],
 )
 def test_bad_values_name_the_key(override, message):
@@ -125,3 +129,16 @@ def test_threads_from_the_command_line_are_recorded_and_applied(tmp_path):
         torch.set_num_threads(1)  # the suite's setting (conftest)
     assert C.load(tmp_path / "run" / "config.yaml").threads == 2
     assert main(["run", "--threads", "0"]) == 2  # a positive number of threads
+
+
+def test_report_to_names_none_one_tracker_or_several():
+    assert C.load(None).trackers == [] and C.load(None, ["report_to=tensorboard"]).trackers == ["tensorboard"]
+    assert C.load(None, ["report_to=[tensorboard, wandb]"]).trackers == ["tensorboard", "wandb"]
+
+
+def test_a_written_config_is_the_same_run_whatever_it_reports_to():
+    cfg = C.load(None, ["report_to=tensorboard"])
+    assert C.same_results(C.dump(C.load(None)), cfg) and not C.same_results(C.dump(C.load(None, ["seed=1"])), cfg)
+    assert not C.same_results("seed: [", cfg)  # not YAML: not the same run
+    older = C.dump(C.load(None)).replace("report_to: none\n", "")  # written before report_to existed
+    assert "report_to" not in older and C.same_results(older, cfg)

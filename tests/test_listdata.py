@@ -26,8 +26,27 @@ def test_trl_pairs_are_lists_of_two_chosen_first():
     lists, report = lists_from_rows(iter(rows))  # any iterable
     assert report.format == "pairs" and [rl.responses for rl in lists] == [("2", "3"), ("4", "5")]
     assert all(rl.rewards == (1.0, 0.0) for rl in lists)
-    with pytest.raises(RowError, match="rows row 1: chosen: empty; expected a response"):
-        lists_from_rows([rows[0], {**rows[1], "chosen": ""}])
+
+
+def test_an_empty_response_is_one_that_ended_at_once_and_trains_as_eos_alone(tiny_tokenizer):
+    from larpo.trainer import encode_lists
+
+    rows = [{"prompt": "1+1=", "chosen": "2", "rejected": ""},  # larpo's TRL export of a policy that answered EOS
+            {"prompt": "2+2=", "responses": ["", "4"], "rewards": [0.0, 1.0]},
+            {"prompt": "3+3=", "chosen": [{"role": "assistant", "content": ""}], "rejected": "5"}]
+    lists, report = lists_from_rows(rows[:1])
+    lists += lists_from_rows(rows[1:2])[0] + lists_from_rows(rows[2:])[0]
+    assert [rl.responses for rl in lists] == [("2", ""), ("4", ""), ("", "5")] and report.dropped == {}
+    eos, digit = tiny_tokenizer.eos_token_id, tiny_tokenizer.convert_tokens_to_ids
+    assert [el.response_ids for el in encode_lists(tiny_tokenizer, lists)] == [
+        [[digit("2"), eos], [eos]], [[digit("4"), eos], [eos]], [[eos], [digit("5"), eos]]]
+
+
+def test_an_empty_response_that_did_not_finish_is_malformed():
+    row = {"prompt": "a", "responses": ["x", ""], "rewards": [1, 0], "finished": [True, False]}
+    for bad in (row, {**row, "response_ids": [None, []]}):
+        with pytest.raises(RowError, match=r"rows row 0: finished\[1\]: false for the empty responses\[1\]; expected true"):
+            lists_from_rows([bad])
 
 
 def test_conversational_prompts_and_responses_as_in_trl():
@@ -54,13 +73,13 @@ def test_a_jsonl_file_in_each_layout(tmp_path):
     assert report.format == "pairs" and rl.responses == ("x", "y")
 
 
-BAD_ROWS = [
-    ({"prompt": "a", "responses": ["x"], "rewards": [1]}, "responses: 1 response(s); expected at least 2", "fewer_than_two_responses"),
+BAD_ROWS = [  # malformed rows
     ({"prompt": "a", "responses": ["x", "y"], "rewards": [1, "4"]}, "rewards[1]: got '4', expected a finite number", "reward_not_a_number"),
     ({"prompt": "a", "responses": ["x", "y"], "rewards": [1, None]}, "rewards[1]: got None", "reward_not_a_number"),
     ({"prompt": "a", "responses": ["x", "y"], "rewards": [1, float("nan")]}, "rewards[1]: got nan", "reward_not_a_number"),
     ({"prompt": "a", "responses": ["x", "y", "z"], "rewards": [1, 0]}, "rewards: 2 rewards for 3 responses", "lengths_differ"),
-    ({"prompt": "a", "responses": ["x", ""], "rewards": [1, 0]}, "responses[1]: empty; expected a response", "empty_response"),
+    ({"prompt": "a", "responses": ["x", ""], "rewards": [1, 0], "finished": [True, False]},
+     "finished[1]: false for the empty responses[1]", "empty_and_unfinished"),
     ({"prompt": "", "responses": ["x", "y"], "rewards": [1, 0]}, "prompt: empty", "empty_prompt"),
     ({"prompt": "a", "responses": ["x", 7], "rewards": [1, 0]}, "responses[1]: got 7, expected a string", "malformed"),
     ({"prompt": "a", "answers": ["x", "y"], "rewards": [1, 0]}, "responses: missing; expected a field 'responses'", "malformed"),
@@ -93,10 +112,27 @@ def test_with_drop_bad_rows_every_bad_row_is_dropped_and_counted_by_reason(tmp_p
     path = write_jsonl(tmp_path / "d.jsonl", [good, *(row for row, _, _ in BAD_ROWS), tied, good])
     lists, report = read_lists(path, drop_bad_rows=True)
     assert len(lists) == report.lists == 2 and report.rows == len(BAD_ROWS) + 3
-    assert report.dropped == {"all_rewards_tied": 1, "empty_prompt": 1, "empty_response": 1, "fewer_than_two_responses": 1,
+    assert report.dropped == {"all_rewards_tied": 1, "empty_prompt": 1, "empty_and_unfinished": 1,
                               "lengths_differ": 2, "malformed": 4, "reward_not_a_number": 3}
-    assert len(report.dropped_rows) == len(BAD_ROWS) + 1 and report.dropped_rows[0].startswith(f"{path}:2: responses:")
-    assert f"dropped 13 of the {len(BAD_ROWS) + 3} rows" in report.summary()
+    assert len(report.dropped_rows) == len(BAD_ROWS) + 1 and report.dropped_rows[0].startswith(f"{path}:2: rewards[1]:")
+    assert f"dropped 12 of the {len(BAD_ROWS) + 3} rows" in report.summary()
+
+
+UNUSABLE_ROWS = [  # well-formed rows that make no list
+    ({"prompt": "a", "responses": ["x"], "rewards": [1]}, "responses: 1 response(s); expected at least 2", "fewer_than_two_responses"),
+    ({"prompt": "a", "responses": ["x", "y"], "rewards": [2, 2]}, "rewards: all 2 rewards tie", "all_rewards_tied"),
+]
+
+
+@pytest.mark.parametrize("row,message,reason", UNUSABLE_ROWS, ids=[r for _, _, r in UNUSABLE_ROWS])
+def test_a_row_that_makes_no_list_is_dropped_and_counted_or_with_strict_an_error(tmp_path, row, message, reason):
+    good = {"prompt": "ok", "responses": ["x", "y"], "rewards": [1, 0]}
+    path = write_jsonl(tmp_path / "d.jsonl", [good, row])
+    lists, report = read_lists(path)
+    assert len(lists) == 1 and report.dropped == {reason: 1} and report.dropped_rows[0].startswith(f"{path}:2: {message}")
+    with pytest.raises(RowError) as e:
+        read_lists(path, strict=True)
+    assert str(e.value).startswith(f"{path}:2: {message}") and e.value.reason == reason
 
 
 def test_lists_whose_rewards_all_tie_are_dropped_without_an_error(tmp_path):

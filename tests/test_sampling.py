@@ -10,8 +10,11 @@ from scipy import stats
 from larpo.encoding import encode_prompt
 from larpo.logprobs import collate_pairs, sequence_logps
 from larpo.sampling import Sample, _left_pad, generate, split_at_eos
+from larpo.versions import internals_tested
 
 PROMPTS = ["1+2=", "123+456=", "98-7=", "5-999=", "0+0=", "77+1=", "4-4="]  # different lengths
+IN_PLACE = pytest.mark.skipif(not internals_tested("transformers"),
+                              reason="the installed transformers is not a release _PreallocatedLayer was tested with")
 
 
 @pytest.fixture
@@ -168,6 +171,7 @@ def test_samples_are_as_likely_as_generates(peaked_model, tiny_tokenizer, draw):
     assert abs(a.mean() - b.mean()) < 4 * standard_error
 
 
+@IN_PLACE
 def test_the_preallocated_cache_layer_holds_what_a_dynamic_layer_holds_and_decodes_in_place():
     from transformers.cache_utils import DynamicLayer
 
@@ -198,16 +202,46 @@ def test_the_preallocated_cache_layer_holds_what_a_dynamic_layer_holds_and_decod
     assert ours.get_seq_length() == plain.get_seq_length() == 10
 
 
-def test_sampling_with_the_preallocated_cache_equals_sampling_with_transformers_dynamic_one(tiny_model, tiny_tokenizer,
-                                                                                            monkeypatch):
-    from transformers.cache_utils import DynamicLayer
-
+def preallocated_layers_made(monkeypatch) -> list:
+    """The :class:`_PreallocatedLayer` instances sampling makes from now on."""
     import larpo.sampling
 
-    kwargs = dict(k=3, temperature=1.0, max_new_tokens=8, batch_size=3, seed=2)
-    ours = generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
-    monkeypatch.setattr(larpo.sampling, "_PreallocatedLayer", lambda capacity: DynamicLayer())
-    assert ours == generate(tiny_model, tiny_tokenizer, PROMPTS, **kwargs)
+    made = []
+
+    class Recorded(larpo.sampling._PreallocatedLayer):
+        def __init__(self, capacity: int):
+            super().__init__(capacity)
+            made.append(self)
+
+    monkeypatch.setattr(larpo.sampling, "_PreallocatedLayer", Recorded)
+    return made
+
+
+def untested_transformers(monkeypatch) -> None:
+    import larpo.versions
+
+    monkeypatch.setattr(larpo.versions, "version", lambda package: "5.99.0")  # a release no one tested
+
+
+SAMPLING = dict(k=3, temperature=1.0, max_new_tokens=8, batch_size=3, seed=2)
+
+
+def test_on_a_transformers_release_it_was_not_tested_with_sampling_keeps_transformers_own_cache_layers(
+        tiny_model, tiny_tokenizer, monkeypatch):
+    made = preallocated_layers_made(monkeypatch)
+    untested_transformers(monkeypatch)
+    out = generate(tiny_model, tiny_tokenizer, PROMPTS, **SAMPLING)
+    assert not made and [len(group) for group in out] == [3] * len(PROMPTS)
+
+
+@IN_PLACE
+def test_on_a_tested_release_the_cache_is_written_in_place_and_the_samples_are_those_of_transformers_own_layers(
+        tiny_model, tiny_tokenizer, monkeypatch):
+    made = preallocated_layers_made(monkeypatch)
+    ours = generate(tiny_model, tiny_tokenizer, PROMPTS, **SAMPLING)
+    assert made and all(layer.capacity == layer._buffers[0].shape[-2] for layer in made)
+    untested_transformers(monkeypatch)
+    assert ours == generate(tiny_model, tiny_tokenizer, PROMPTS, **SAMPLING)
 
 
 @pytest.mark.parametrize("top_p", [1.0, 0.8])

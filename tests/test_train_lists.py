@@ -1,6 +1,7 @@
 """larpo train-lists and train_on_lists: training on lists from data, as a library and as a command."""
 
 import copy
+import importlib.util
 import json
 import subprocess
 import sys
@@ -190,7 +191,8 @@ def test_exported_lists_trained_with_train_lists_repeat_the_loops_iteration_step
 def test_two_processes_train_as_one_process_does(tiny_model_dir, tmp_path, capsys):
     data = listwise_file(tmp_path / "l.jsonl", 10)
     args = [str(data), "--model", str(tiny_model_dir), "--quiet", "train.loss=listmle", "train.batch_size=4",
-            "train.micro_batch_size=1", "train.lr=3e-3", "train.epochs=2", "train.warmup_ratio=0"]
+            "train.micro_batch_size=1", "train.lr=3e-3", "train.epochs=2", "train.warmup_ratio=0",
+            *(["--report-to", "tensorboard"] if importlib.util.find_spec("tensorboard") else [])]
     for launcher, out in (([], "one"), (["-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"], "two")):
         # both on the CPU, which every machine has: gloo ranks, and one process computing what they compute
         proc = subprocess.run([sys.executable, *launcher, "-m", "larpo.cli", "train-lists", *args, "--out", str(tmp_path / out)],
@@ -203,5 +205,64 @@ def test_two_processes_train_as_one_process_does(tiny_model_dir, tmp_path, capsy
                                atol=1e-5, rtol=1e-5)
     assert_same_weights(tmp_path / "two" / "policy" / "model.safetensors", tmp_path / "one" / "policy" / "model.safetensors",
                         atol=1e-4)
-    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*") if p.is_file() and ".larpo.lock" not in p.name)  # noqa: E731
+    files = lambda d: sorted(str(p.relative_to(d)) for p in d.rglob("*")  # noqa: E731
+                             if p.is_file() and ".larpo.lock" not in p.name and "tracker" not in p.parts)
     assert files(tmp_path / "two") == files(tmp_path / "one")
+    if "--report-to" in args:  # only the main process logs to the tracker: one event file of every step
+        from test_tracking import scalars
+
+        events = list((tmp_path / "two" / "tracker").rglob("events.out.tfevents.*"))
+        assert len(events) == 2  # the scalars, and accelerate's hyperparameters beside them
+        assert [step for step, _ in scalars(tmp_path / "two" / "tracker")["train/loss"]] == list(range(1, 7))
+
+
+LENGTH_SCORER = """
+def score(prompts, responses):
+    return [len(r) + sum(map(ord, r)) % 7 / 10 for r in responses]  # an empty reply scores lowest
+"""
+
+
+@pytest.fixture(scope="module")
+def eos_or_cut_run(tmp_path_factory):
+    """An iteration of a policy that answers EOS at once about one time in 16 and is often cut at 2 tokens.
+
+    Its next-token distribution is uniform over a vocabulary of 16 (digits, '+', '-', '=' and 3 special
+    tokens): the LM head is zero.
+    """
+    from conftest import TINY, arithmetic_corpus
+    from larpo.models import build_tiny_model, build_tokenizer, save_policy
+
+    directory = tmp_path_factory.mktemp("eos_or_cut")
+    tokenizer = build_tokenizer(arithmetic_corpus(), vocab_size=16)
+    model = build_tiny_model(TINY, tokenizer, seed=0)
+    with torch.no_grad():
+        model.lm_head.weight.zero_()
+    save_policy(model, tokenizer, directory / "policy")
+    (directory / "length_scorer.py").write_text(LENGTH_SCORER)
+    sys.path.insert(0, str(directory))
+    try:
+        cfg = C.load(None, [f"model.path={directory / 'policy'}", "sft.enabled=false", "task.n_train=40", "task.n_eval=8",
+                            "reranker.kind=callable", "reranker.function=length_scorer:score", "sampling.k=8",
+                            "sampling.max_new_tokens=2", "loop.iterations=1", "loop.prompts_per_iteration=24",
+                            "eval.n_prompts=8", "eval.samples=0", *SMALL_TRAIN])
+        run(cfg, directory / "run", progress=False, log=lambda _: None)
+    finally:
+        sys.path.remove(str(directory))
+    return directory / "run"
+
+
+@pytest.mark.parametrize("fmt", ["trl", "listwise"])
+def test_lists_exported_from_a_run_with_empty_and_cut_responses_train_with_train_lists(eos_or_cut_run, fmt, tmp_path, capsys):
+    trained = read_jsonl(eos_or_cut_run / "iter_0" / "lists.jsonl")
+    items = [(text, finished) for row in trained for text, finished in zip(row["responses"], row["finished"])]
+    assert ("", True) in items and (False in {finished for _, finished in items})  # answered EOS at once; cut
+    exported = tmp_path / f"{fmt}.jsonl"
+    assert main(["export-lists", str(eos_or_cut_run), "--format", fmt, "--out", str(exported)]) == 0
+    if fmt == "trl":
+        assert "" in {row["rejected"] for row in read_jsonl(exported)}
+    code, out, err = train_lists(capsys, exported, "--model", eos_or_cut_run.parent / "policy", "--out", tmp_path / "out",
+                                 "--config", eos_or_cut_run / "config.yaml", "--strict")
+    assert code == 0, err
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert summary["lists"] == len(trained) and summary["steps"] > 0
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in read_jsonl(tmp_path / "out" / "metrics.jsonl"))

@@ -119,14 +119,23 @@ def test_same_seed_same_result_and_different_seed_different_order(tiny_tokenizer
     assert runs[0] != runs[2]
 
 
-def test_a_finished_phase_frees_its_optimizer_without_a_garbage_collection(tiny_tokenizer, tiny_model_config, monkeypatch):
+@pytest.mark.parametrize("accelerate_seen", [None, "1.99.0"], ids=["installed", "untested release"])
+def test_a_finished_phase_frees_its_optimizer_without_a_garbage_collection(tiny_tokenizer, tiny_model_config, monkeypatch,
+                                                                           accelerate_seen):
+    """On an accelerate release ``_release`` was tested with, by dropping accelerate's private references; on any
+    other, through ``Accelerator.free_memory()`` (which collects garbage itself)."""
     import gc
     import weakref
 
+    from accelerate import Accelerator
+
     import larpo.trainer
+    import larpo.versions
     from larpo.models import build_tiny_model
 
-    refs, real = [], larpo.trainer.adamw
+    if accelerate_seen is not None:
+        monkeypatch.setattr(larpo.versions, "version", lambda package: accelerate_seen)
+    refs, real, freed = [], larpo.trainer.adamw, []
 
     def recorded(*args, **kwargs):  # keeps weak references only: to the optimizer and to its state after each step
         optimizer = real(*args, **kwargs)
@@ -135,10 +144,16 @@ def test_a_finished_phase_frees_its_optimizer_without_a_garbage_collection(tiny_
             lambda opt, *_: refs.extend(weakref.ref(t) for s in opt.state.values() for t in s.values() if torch.is_tensor(t)))
         return optimizer
 
+    def free_memory(self, *objects):
+        freed.append(self)
+        return real_free_memory(self, *objects)
+
+    real_free_memory = Accelerator.free_memory
     monkeypatch.setattr(larpo.trainer, "adamw", recorded)
+    monkeypatch.setattr(Accelerator, "free_memory", free_memory)
     cfg = phase_cfg()
     accelerator = make_accelerator(cfg)
-    gc.disable()  # only reference counts free anything now
+    gc.disable()  # only reference counts (or free_memory's own collection) free anything now
     try:
         for seed in (0, 1):  # the same accelerator for two phases, as the loop does
             model = build_tiny_model(tiny_model_config, tiny_tokenizer, seed=seed)
@@ -147,6 +162,8 @@ def test_a_finished_phase_frees_its_optimizer_without_a_garbage_collection(tiny_
             assert len(refs) > 2 and not alive, f"{len(alive)} of {len(refs)} optimizer objects outlive phase {seed}"
     finally:
         gc.enable()
+    assert len(freed) == (0 if larpo.versions.internals_tested("accelerate") else 2)
+    assert accelerate_seen is None or freed
 
 
 def test_pair_statistics_count_strictly_ordered_pairs():

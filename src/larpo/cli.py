@@ -8,6 +8,7 @@ before torch and transformers are imported, so a bad config answers at once.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import traceback
@@ -18,6 +19,21 @@ from .config import ConfigError
 from .io import write_json_atomic, write_text_atomic
 
 USAGE_OVERRIDES = "section.field=value overrides, e.g. train.loss=listmle sampling.k=4 (values parsed as YAML)"
+USAGE_REPORT_TO = ("experiment trackers that get every training step and evaluation, comma-separated: tensorboard, "
+                   "wandb, mlflow, trackio, ... (accelerate's; the config's `report_to`, default none); their local "
+                   "files go to OUT/tracker/")
+
+
+def _add_report_to(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--report-to", metavar="TRACKERS", help=USAGE_REPORT_TO)
+
+
+def _option_overrides(args: argparse.Namespace) -> list[str]:
+    """The config overrides that --threads and --report-to stand for."""
+    overrides = [f"threads={args.threads}"] if getattr(args, "threads", None) is not None else []
+    if args.report_to is not None:
+        overrides.append(f"report_to={json.dumps(args.report_to.split(','))}")
+    return overrides
 
 
 def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,12 +42,12 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--threads", type=int, metavar="N", help="torch threads in every process (the config's "
                         "`threads`); 1 is much faster on a machine shared with other work")
+    _add_report_to(parser)
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
 
 
 def _resolve(args: argparse.Namespace) -> tuple[config_mod.Config, Path]:
-    threads = [f"threads={args.threads}"] if args.threads is not None else []
-    cfg = config_mod.load(args.config, [*args.overrides, *threads])
+    cfg = config_mod.load(args.config, [*args.overrides, *_option_overrides(args)])
     out = Path(args.out) if args.out else Path("runs") / (Path(args.config).stem if args.config else "default")
     return cfg, out
 
@@ -61,14 +77,15 @@ def cmd_sft(args: argparse.Namespace) -> int:
 
 
 def cmd_train_lists(args: argparse.Namespace) -> int:
-    cfg = config_mod.load(args.config, args.overrides)  # before the heavy imports below
+    cfg = config_mod.load(args.config, [*args.overrides, *_option_overrides(args)])  # before the heavy imports below
     if args.model is not None:
         cfg.model.path = args.model
     from .listdata import Fields
     from .train_lists import run_train_lists
 
     fields = Fields(args.prompt_field, args.responses_field, args.rewards_field)
-    run_train_lists(cfg, args.data, args.out, fields, args.split, args.drop_bad_rows, args.eval, progress=not args.quiet)
+    run_train_lists(cfg, args.data, args.out, fields, args.split, args.drop_bad_rows, args.eval, progress=not args.quiet,
+                    strict=args.strict)
     return 0
 
 
@@ -206,13 +223,14 @@ def build_parser() -> argparse.ArgumentParser:
                         "training phase, reference = the starting model, for train.epochs; the policy is saved to "
                         "OUT/policy. DATA is listwise JSONL {prompt, responses, rewards} (export-lists --format "
                         "listwise, RLHFlow), TRL preference JSONL {prompt, chosen, rejected}, or a directory saved "
-                        "with datasets' save_to_disk; see docs/train-lists.md. Every bad row is named by file, line "
-                        "and field; how many lists were used and dropped, and why, is printed and written to "
-                        "OUT/data_report.json.")
+                        "with datasets' save_to_disk; see docs/train-lists.md. A malformed row is an error naming file, "
+                        "line and field; a row that makes no list (fewer than two responses, all rewards tied) is "
+                        "dropped; how many lists were used and dropped, and why, is printed and written to "
+                        "OUT/data_report.json. An empty response is one that ended at once (trained as EOS alone).")
     tl.add_argument("data", metavar="DATA", help="a JSONL file, or a dataset directory saved with save_to_disk")
     tl.add_argument("--model", metavar="DIR", help="the local model to train (model.path; default: the config's)")
     tl.add_argument("--out", required=True, metavar="DIR", help="output directory: new or empty, or an unfinished train-lists run")
-    tl.add_argument("--config", help="YAML config: train.*, lists.strategy/top/bottom, model.*, seed (and task.*, eval.* "
+    tl.add_argument("--config", help="YAML config: train.*, lists.strategy/top/bottom, model.*, seed, report_to (and task.*, eval.* "
                     "with --eval); default: the embedded default")
     tl.add_argument("--split", help="the split of a saved DatasetDict")
     tl.add_argument("--prompt-field", default="prompt", metavar="FIELD", help="the prompt's field (default: prompt)")
@@ -222,11 +240,15 @@ def build_parser() -> argparse.ArgumentParser:
     tl.add_argument("--rewards-field", default="rewards", metavar="FIELD",
                     help="the rewards' field, e.g. completions.overall_score (default: rewards)")
     tl.add_argument("--drop-bad-rows", action="store_true",
-                    help="drop a malformed row, counted by reason, instead of stopping at the first (lists whose "
-                    "rewards all tie are always dropped)")
+                    help="drop a malformed row (a missing field, a wrong type, lengths that disagree, a reward that is "
+                    "not a finite number), counted by reason, instead of stopping at the first")
+    tl.add_argument("--strict", action="store_true",
+                    help="stop at a row that makes no list (fewer than two responses, or rewards that all tie) instead "
+                    "of dropping it and counting it")
     tl.add_argument("--eval", action="store_true",
                     help="evaluate the starting and the trained policy on the held-out prompts of the configured task")
     tl.add_argument("--quiet", action="store_true", help="no progress bars")
+    _add_report_to(tl)
     tl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
     tl.set_defaults(func=cmd_train_lists)
     report = sub.add_parser("report", help="regenerate report.md and plots of a run directory",

@@ -166,6 +166,8 @@ class EvalConfig:
 class Config:
     seed: int = 0
     threads: int | None = None  # torch threads in every process (None: torch's default, one per core)
+    # experiment trackers that get every metrics row (accelerate's): none | tensorboard | wandb | mlflow | trackio | ..., or a list
+    report_to: str | list[str] = "none"
     task: TaskConfig = field(default_factory=TaskConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     sft: SFTConfig = field(default_factory=SFTConfig)
@@ -175,6 +177,12 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
     loop: LoopConfig = field(default_factory=LoopConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def trackers(self) -> list[str]:
+        """The trackers ``report_to`` names ([] for none)."""
+        names = [self.report_to] if isinstance(self.report_to, str) else list(self.report_to)
+        return [] if names == ["none"] else names
 
     @property
     def initial_label(self) -> str:
@@ -259,6 +267,9 @@ def _positive(key: str, value: float | int | None, allow_zero: bool = False) -> 
 def validate(cfg: Config) -> Config:
     """Range checks and cross-field rules; returns ``cfg`` unchanged or raises ConfigError."""
     _positive("threads", cfg.threads)
+    names = [cfg.report_to] if isinstance(cfg.report_to, str) else cfg.report_to
+    if not names or "" in names or ("none" in names and len(names) > 1) or len(set(names)) < len(names):
+        raise ConfigError(f"report_to: got {cfg.report_to!r}, expected none, a tracker's name or a list of distinct names")
     for key in (
         "task.digits", "task.length", "task.max_value", "task.n_train", "task.n_eval",
         "model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
@@ -324,6 +335,22 @@ def from_dict(data: dict) -> Config:
 
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
+
+
+WATCH_FIELDS = ("report_to",)  # how a run is watched, not what it computes: a run may resume with other values
+
+
+def results_dict(cfg: Config) -> dict:
+    """:func:`to_dict` without :data:`WATCH_FIELDS`: everything a run's results depend on."""
+    return {k: v for k, v in to_dict(cfg).items() if k not in WATCH_FIELDS}
+
+
+def same_results(text: str, cfg: Config) -> bool:
+    """Whether a written config (``dump``'s text) is ``cfg`` but for :data:`WATCH_FIELDS`; False if it does not parse."""
+    try:
+        return results_dict(from_dict(yaml.safe_load(text))) == results_dict(cfg)
+    except (ConfigError, yaml.YAMLError):
+        return False
 
 
 def _parse_override(item: str) -> tuple[list[str], Any]:

@@ -14,13 +14,18 @@ Three layouts, told apart by their fields (a JSONL file's first row, a dataset's
 
 A prompt is a non-empty string or a list of ``{"role", "content"}`` messages. A response is a string
 or, in TRL's conversational format, a list of messages ending with the assistant's reply (any
-messages before it must be the prompt's). Each row becomes one :class:`~larpo.lists.RankedList`
-through :func:`larpo.lists.build_list`: sorted best first (ties keep the row's order), cut by the
-list strategy, dropped when all its rewards tie. Its ``prompt_id`` is where it came from
+messages before it must be the prompt's). An empty response is one that ended at once: it is
+trained on as EOS alone, as the loop trains a sampled one (only a response that did not finish,
+``finished`` false, needs a token of its own). Each row becomes one
+:class:`~larpo.lists.RankedList` through :func:`larpo.lists.build_list`: sorted best first (ties
+keep the row's order), cut by the list strategy. Its ``prompt_id`` is where it came from
 (``file:line`` or ``directory row i``), so that later errors can name it too.
 
-A row that breaks these rules raises a :class:`RowError` naming the file and line (or row), the
-field and what was found; with ``drop_bad_rows`` it is dropped instead and counted by reason.
+A malformed row (a missing field, a wrong type, lengths that disagree, a reward that is not a
+finite number) raises a :class:`RowError` naming the file and line (or row), the field and what
+was found; with ``drop_bad_rows`` it is dropped instead and counted by reason. A well-formed row
+that makes no list (fewer than two responses, or rewards that all tie) is dropped and counted;
+with ``strict`` it raises instead.
 """
 
 from __future__ import annotations
@@ -46,7 +51,8 @@ if TYPE_CHECKING:
 
 Strategy = Literal["top_bottom", "full"]
 PAIR_FIELDS = ("chosen", "rejected")
-TIED = "all_rewards_tied"
+TIED, TOO_FEW = "all_rewards_tied", "fewer_than_two_responses"
+UNUSABLE = (TIED, TOO_FEW)  # well-formed rows that make no list: dropped unless strict
 
 
 @dataclass(frozen=True)
@@ -226,8 +232,7 @@ def row_candidates(row: Any, fmt: Literal["listwise", "pairs"], fields: Fields, 
             raise RowError(f"{where}: {fields.rewards}: {len(scores)} rewards for {len(responses)} responses; "
                            "expected one reward per response", "lengths_differ")
         if len(responses) < 2:
-            raise RowError(f"{where}: {fields.responses}: {len(responses)} response(s); expected at least 2",
-                           "fewer_than_two_responses")
+            raise RowError(f"{where}: {fields.responses}: {len(responses)} response(s); expected at least 2", TOO_FEW)
         names = [_item_name(fields.responses, i) for i in range(len(responses))]
         texts = [_response(value, prompt, where, name) for value, name in zip(responses, names)]
         rewards = [_reward(v, where, _item_name(fields.rewards, i)) for i, v in enumerate(scores)]
@@ -236,11 +241,9 @@ def row_candidates(row: Any, fmt: Literal["listwise", "pairs"], fields: Fields, 
     ids = ids or [None] * len(texts)
     finished = finished or [True] * len(texts)
     for i, (text, name) in enumerate(zip(texts, names)):
-        if text == "" and ids[i] is None:  # a sampled empty response has its ids (none) and ends with EOS
-            raise RowError(f"{where}: {name}: empty; expected a response", "empty_response")
-        if ids[i] == () and not finished[i]:
-            raise RowError(f"{where}: response_ids[{i}]: no ids and not finished; expected a token to train on",
-                           "empty_response")
+        if not finished[i] and (ids[i] == () or (ids[i] is None and text == "")):  # sampling cannot cut at 0 tokens
+            raise RowError(f"{where}: finished[{i}]: false for the empty {name}; expected true (a response with no "
+                           "token ended at once, and is trained on as EOS alone)", "empty_and_unfinished")
     return [Candidate(where, prompt, t, r, source="data", response_ids=i, finished=f)
             for t, r, i, f in zip(texts, rewards, ids, finished)]
 
@@ -263,6 +266,7 @@ def _build(
     top: int,
     bottom: int,
     drop_bad_rows: bool,
+    strict: bool,
 ) -> list[RankedList]:
     """One list per labelled row (``(where, row)``, where a row may be the RowError of an unreadable line)."""
     lists: list[RankedList] = []
@@ -277,7 +281,8 @@ def _build(
                 raise RowError(f"{where}: {fields.rewards if report.format == 'listwise' else 'chosen'}: "
                                f"all {len(candidates)} rewards tie (after lists.strategy {strategy!r}); no preference", TIED)
         except RowError as e:
-            if not drop_bad_rows and e.reason != TIED:
+            unusable = e.reason in UNUSABLE
+            if (strict and unusable) or (not drop_bad_rows and not unusable):
                 raise
             report.drop(e)
             continue
@@ -302,13 +307,15 @@ def lists_from_rows(
     bottom: int = 2,
     drop_bad_rows: bool = False,
     source: str = "rows",
+    strict: bool = False,
 ) -> tuple[list[RankedList], ListReport]:
     """Ranked lists from any iterable of row dicts (a list, a generator, a ``datasets.Dataset``).
 
     The layout is detected from the first row. Rows are named ``"<source> row <i>"`` (from 0) in
     errors and in the report. ``strategy``/``top``/``bottom`` are :func:`larpo.lists.build_list`'s
-    (default: every response). Rows whose rewards all tie are dropped and counted; any other bad
-    row raises a :class:`RowError`, or with ``drop_bad_rows`` is dropped and counted.
+    (default: every response). A row with fewer than two responses, or whose rewards all tie, is
+    dropped and counted (``strict``: raises a :class:`RowError`); a malformed row raises one (with
+    ``drop_bad_rows``: is dropped and counted).
     """
     iterator = iter(rows)
     first = next(iterator, None)
@@ -317,7 +324,7 @@ def lists_from_rows(
     fmt = detect_format(first if isinstance(first, dict) else (), fields)
     report = _report(source, fmt, fields)
     labelled = ((f"{source} row {i}", row) for i, row in enumerate(itertools.chain([first], iterator)))
-    return _build(labelled, report, fields, strategy, top, bottom, drop_bad_rows), report
+    return _build(labelled, report, fields, strategy, top, bottom, drop_bad_rows, strict), report
 
 
 def _jsonl_rows(path: Path) -> list[tuple[str, Any]]:
@@ -342,6 +349,7 @@ def read_lists(
     top: int = 2,
     bottom: int = 2,
     drop_bad_rows: bool = False,
+    strict: bool = False,
 ) -> tuple[list[RankedList], ListReport]:
     """Ranked lists from a JSONL file or a ``datasets`` directory saved with ``save_to_disk``.
 
@@ -366,7 +374,7 @@ def read_lists(
         labelled = iter(rows)
     else:
         raise ConfigError(f"DATA {path}: not found; expected a JSONL file or a dataset directory saved with save_to_disk")
-    return _build(labelled, report, fields, strategy, top, bottom, drop_bad_rows), report
+    return _build(labelled, report, fields, strategy, top, bottom, drop_bad_rows, strict), report
 
 
 # ---------------------------------------------------------------------------------------------

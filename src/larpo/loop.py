@@ -50,6 +50,7 @@ from .runlock import run_dir_lock
 from .seeding import seed_everything, stage_seed
 from .sft import sft_train
 from .tasks import Example
+from .tracking import TRACKER_DIR, MetricsLog, tracked
 from .trainer import EncodedList, encode_lists, make_accelerator, reference_logps, train_phase
 
 T = TypeVar("T")
@@ -65,7 +66,8 @@ def _main_first(accelerator: Accelerator, stage: Callable[[], T]) -> T:
     return result if accelerator.is_main_process else stage()
 
 
-def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, device: torch.device) -> Path:
+def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, metrics: MetricsLog,
+                   device: torch.device) -> Path:
     """Build (or load) π_0 and warm it up with SFT on ``device``; return the directory it is saved in."""
     sft_dir = run_dir / "sft"
     if cfg.model.path is not None and not cfg.sft.enabled:
@@ -84,7 +86,7 @@ def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, d
             rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "sft")
             sft_train(
                 model, tokenizer, inputs.task, inputs.sft_train, inputs.validation, cfg.sft, cfg.sampling.max_new_tokens,
-                seed=cfg.seed, metrics_path=run_dir / METRICS, progress=progress,
+                seed=cfg.seed, metrics_path=metrics, progress=progress,
             )
         save_policy(model, tokenizer, sft_dir)
     return sft_dir
@@ -185,7 +187,7 @@ def stage_seconds(run_dir: Path) -> dict[str, float]:
 
 
 def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
-              progress: bool, device: torch.device) -> dict:
+              metrics: MetricsLog, progress: bool, device: torch.device) -> dict:
     """Greedy held-out evaluation of one policy on ``device``: ``out`` (JSON) and its responses beside it (JSON lines)."""
     if out.exists():
         return json.loads(out.read_text())
@@ -194,7 +196,7 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
     row = {"stage": "eval", "policy": policy, **eval_headline(scores)}
-    rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "eval" and r.get("policy") == policy, [row])
+    metrics.write(row, replaces=lambda r: r.get("stage") == "eval" and r.get("policy") == policy)
     return save_greedy_eval(scores, inputs.held_out, out)
 
 
@@ -231,13 +233,15 @@ def retriever_brief(result: dict) -> dict:
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
     """Build (or load) and warm up the initial policy; return its held-out evaluation."""
-    device = make_accelerator(cfg.train, cfg.threads).device
-    inputs = check_inputs(cfg, log)
     run_dir = Path(run_dir)
+    accelerator = make_accelerator(cfg.train, cfg.threads, cfg.trackers, run_dir / TRACKER_DIR)
+    inputs = check_inputs(cfg, log)
     with run_dir_lock(run_dir):
         prepare_run_dir(cfg, run_dir, log)
-        policy_dir = initial_policy(cfg, inputs, run_dir, progress, device)
-        return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, progress, device)
+        with tracked(cfg, run_dir, accelerator, log) as metrics:
+            policy_dir = initial_policy(cfg, inputs, run_dir, progress, metrics, accelerator.device)
+            return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, metrics, progress,
+                             accelerator.device)
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -246,18 +250,19 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
     On several processes every process returns the summary; only the main one writes and logs.
     """
     start = time.time()
-    accelerator = make_accelerator(cfg.train, cfg.threads)
+    run_dir = Path(run_dir)
+    accelerator = make_accelerator(cfg.train, cfg.threads, cfg.trackers, run_dir / TRACKER_DIR)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
     inputs = check_inputs(cfg, log)  # nothing is written before the inputs are known to be good
     reranker = build_reranker(cfg.reranker, inputs.task, accelerator.device, cfg.model.dtype, cfg.model.hub_kernels)
     check_reranker(reranker, inputs)
-    run_dir = Path(run_dir)
     with run_dir_lock(run_dir) if main else contextlib.nullcontext():
         if main:
             prepare_run_dir(cfg, run_dir, log)
         accelerator.wait_for_everyone()
-        summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log)
+        with tracked(cfg, run_dir, accelerator, log) as metrics:
+            summary = _algorithm(cfg, inputs, reranker, run_dir, accelerator, progress, log, metrics)
         summary["stage_seconds"] = stage_seconds(run_dir)
         summary["wall_seconds"] = round(time.time() - start, 2)
         if main:
@@ -267,16 +272,17 @@ def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[
 
 
 def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, accelerator: Accelerator, progress: bool,
-               log: Callable[[str], None]) -> dict:
+               log: Callable[[str], None], metrics: MetricsLog) -> dict:
     """Algorithm 1 in a ready run directory, resuming at the first unfinished stage; the summary."""
     main, device = accelerator.is_main_process, accelerator.device
     pool = inputs.pool
 
     def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
-        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, progress, device))
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, metrics, progress,
+                                                          device))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
-    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, device))
+    policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, metrics, device))
     evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
@@ -301,7 +307,7 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
             with _timed(run_dir, "training", s, write=main):  # the reference pass included
                 train_phase(
                     model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
-                    metrics_path=run_dir / METRICS, tag={"stage": "train", "iteration": s}, progress=progress,
+                    metrics_path=metrics, tag={"stage": "train", "iteration": s}, progress=progress,
                     ref_logps=_separate_reference_logps(cfg, initial_dir, policy_dir, encoded, pad_id(tokenizer), accelerator),
                     save_to=d / "policy",
                 )

@@ -123,12 +123,8 @@ def prepare_policy(model: PreTrainedModel, cfg: ModelConfig) -> PreTrainedModel:
     if cfg.gradient_checkpointing:
         base = model.get_base_model() if isinstance(model, PeftModel) else model
         # Recomputes activations in backward, in train mode only. Non-reentrant checkpointing lets
-        # gradients reach adapters behind a frozen embedding; transformers ≥ 5.24 names it so by default.
-        enable = getattr(base, "activation_checkpointing_enable", None)
-        if enable is not None:
-            enable()
-        else:
-            base.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # gradients reach adapters behind a frozen embedding; transformers (>= 5.23) names it so by default.
+        base.activation_checkpointing_enable()
     return model
 
 

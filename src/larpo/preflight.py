@@ -23,8 +23,7 @@ from .io import remove_stale_temporaries, rewrite_jsonl, write_text_atomic
 from .models import adapter_base, check_local_model_dir, is_adapter_dir, load_tokenizer
 from .rerankers import Reranker
 from .tasks import Example, Task, build_task
-
-METRICS = "metrics.jsonl"
+from .tracking import METRICS, TRACKER_DIR
 
 
 @dataclass(frozen=True)
@@ -109,8 +108,8 @@ def _take_over(old_text: str, cfg: Config, run_dir: Path, log: Callable[[str], N
         keep_sft = _initial_policy_fields(config_mod.from_dict(yaml.safe_load(old_text))) == _initial_policy_fields(cfg)
     except (ConfigError, yaml.YAMLError):
         keep_sft = False
-    removed = [p for p in [run_dir / "sft", *sorted(run_dir.glob("*.json")), *sorted(run_dir.glob("iter_*"))]
-               if p.exists() and (p.name != "sft" or not keep_sft)]
+    removed = [p for p in [run_dir / "sft", *sorted(run_dir.glob("*.json")), *sorted(run_dir.glob("iter_*")),
+                           run_dir / TRACKER_DIR] if p.exists() and (p.name != "sft" or not keep_sft)]
     for path in removed:
         shutil.rmtree(path) if path.is_dir() else path.unlink()
     if keep_sft:
@@ -135,6 +134,6 @@ def prepare_run_dir(cfg: Config, run_dir: Path, log: Callable[[str], None] = pri
         log(f"[larpo] removed {len(stale)} temporary file(s) left by an interrupted write")
     path = run_dir / "config.yaml"
     text = config_mod.dump(cfg)
-    if path.exists() and path.read_text() != text:
+    if path.exists() and not config_mod.same_results(path.read_text(), cfg):
         _take_over(path.read_text(), cfg, run_dir, log)
     write_text_atomic(path, text)

@@ -20,6 +20,7 @@ from transformers.cache_utils import DynamicLayer
 
 from .encoding import encode_prompt, pad_id
 from .logprobs import base_model, cache_argument, forward_accepts, left_padded_positions
+from .versions import internals_tested
 
 
 PREALLOCATED_CACHE_DEVICES = ("cpu",)  # device types whose decoding writes the KV cache in place (_PreallocatedLayer)
@@ -63,14 +64,15 @@ def _generate_k(
     ``generate`` continues from it on the k-times repeated ids, so its own prefill is the last
     prompt token alone. Sampling itself is ``generate``'s, with the same random draws in the same
     order as ``num_return_sequences=k`` (unless ``generate_kwargs`` bring a :class:`_Draw`). On a
-    CPU the cache's full-attention layers keep room for the whole sequence (:class:`_PreallocatedLayer`),
-    so a decoding step writes its keys and values in place; on a GPU, where a copy of the cache costs
-    less than the extra operations of writing in place, they are transformers' own.
+    CPU, on a transformers release :class:`_PreallocatedLayer` was tested with (:mod:`larpo.versions`),
+    the cache's full-attention layers keep room for the whole sequence, so a decoding step writes its
+    keys and values in place; on a GPU, where a copy of the cache costs less than the extra operations
+    of writing in place, and on any other release, they are transformers' own, which concatenate.
     """
     cached = {}
     if input_ids.shape[1] > 1:
         cache = DynamicCache(config=base_model(model).config)
-        if input_ids.device.type in PREALLOCATED_CACHE_DEVICES:
+        if input_ids.device.type in PREALLOCATED_CACHE_DEVICES and internals_tested("transformers"):
             capacity = input_ids.shape[1] + max_new_tokens
             cache.layers = [_PreallocatedLayer(capacity) if type(layer) is DynamicLayer else layer for layer in cache.layers]
         mask = attention_mask[:, :-1]

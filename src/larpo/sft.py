@@ -17,9 +17,9 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase, get_cosine_sc
 from .config import SFTConfig
 from .encoding import encode_prompt, encode_response, pad_id
 from .evaluate import greedy_eval
-from .io import append_jsonl
 from .logprobs import collate_pairs, sequence_logps
 from .tasks import Example, Task
+from .tracking import MetricsLog, metrics_log
 from .transfer import to_device
 
 
@@ -32,10 +32,14 @@ def sft_train(
     cfg: SFTConfig,
     max_new_tokens: int,
     seed: int = 0,
-    metrics_path: str | Path | None = None,
+    metrics_path: str | Path | MetricsLog | None = None,
     progress: bool = True,
 ) -> dict:
-    """Train in place, on the model's device; return ``{"steps", "val_accuracy", "val_reward"}`` at the stopping point."""
+    """Train in place, on the model's device; return ``{"steps", "val_accuracy", "val_reward"}`` at the stopping point.
+
+    Each evaluation's row goes to ``metrics_path``: a file, or a :class:`larpo.tracking.MetricsLog`
+    that also logs it to the run's trackers.
+    """
     if any(ex.answer is None for ex in train):
         raise ValueError("SFT needs a gold answer for every training example")
     pairs = [(encode_prompt(tokenizer, ex.prompt), encode_response(tokenizer, ex.answer)) for ex in train]
@@ -62,7 +66,7 @@ def sft_train(
             result = {"steps": step, "val_accuracy": scores["exact_accuracy"], "val_reward": scores["gold_reward"]}
             bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{result['val_accuracy']:.2f}")
             if metrics_path is not None:
-                append_jsonl(metrics_path, {"stage": "sft", "step": step, "loss": loss.item(), **result})
+                metrics_log(metrics_path).write({"stage": "sft", "step": step, "loss": loss.item(), **result})
             if result["val_accuracy"] >= cfg.target_accuracy:
                 break
     bar.close()

@@ -103,7 +103,7 @@ def cell_config(grid: Grid, cell: str, seed: int) -> C.Config:
 
 
 def run_key(cfg: C.Config) -> str:
-    return _digest(C.to_dict(cfg))
+    return _digest(C.results_dict(cfg))
 
 
 def sft_key(cfg: C.Config) -> str:

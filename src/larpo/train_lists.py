@@ -16,6 +16,7 @@ launch`` every process runs it; the main process writes. The output directory ho
     config.yaml         the resolved config
     data_report.json    source, layout, fields, rows, lists, responses kept, every dropped row and why
     metrics.jsonl       every training step (and each held-out evaluation)
+    tracker/            with ``report_to``: the trackers' local files (:mod:`larpo.tracking`)
     policy/             the trained policy (safetensors + tokenizer; the adapters for LoRA)
     eval_initial.json   with evaluate: greedy held-out evaluation of the starting model ...
     eval.json           ... and of the trained one
@@ -39,18 +40,19 @@ from . import config as config_mod
 from .config import Config, ConfigError, TrainConfig
 from .encoding import length_limits, pad_id
 from .evaluate import eval_headline, greedy_eval, save_greedy_eval
-from .io import TMP_PREFIX, append_jsonl, remove_stale_temporaries, write_json_atomic, write_text_atomic
+from .io import TMP_PREFIX, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from .listdata import Fields, check_tokenizer, lists_digest, read_lists
 from .lists import RankedList, list_sizes
 from .models import adapter_base, check_local_model_dir, is_adapter_dir, load_tokenizer, policy_from_config
 from .runlock import HOLDER, LOCK, run_dir_lock
 from .seeding import seed_everything, stage_seed
 from .tasks import Example, Task, build_task
+from .tracking import METRICS, TRACKER_DIR, MetricsLog, tracked
 from .trainer import PhaseResult, encode_lists, make_accelerator, reference_logps, train_phase
 
-CONFIG, REPORT, METRICS, POLICY, SUMMARY = "config.yaml", "data_report.json", "metrics.jsonl", "policy", "summary.json"
+CONFIG, REPORT, POLICY, SUMMARY = "config.yaml", "data_report.json", "policy", "summary.json"
 EVAL_INITIAL, EVAL_FINAL = "eval_initial.json", "eval.json"
-OUTPUTS = (CONFIG, REPORT, METRICS, POLICY, EVAL_INITIAL, EVAL_FINAL, SUMMARY)
+OUTPUTS = (CONFIG, REPORT, METRICS, POLICY, EVAL_INITIAL, EVAL_FINAL, SUMMARY, TRACKER_DIR)
 
 
 def train_on_lists(
@@ -62,7 +64,7 @@ def train_on_lists(
     ref_model: nn.Module | None = None,
     seed: int = 0,
     accelerator: Accelerator | None = None,
-    metrics_path: str | Path | None = None,
+    metrics_path: str | Path | MetricsLog | None = None,
     tag: dict | None = None,
     save_to: str | Path | None = None,
     progress: bool = False,
@@ -117,11 +119,12 @@ def _held_out(cfg: Config) -> tuple[Task, list[Example]]:
     return task, held_out
 
 
-def _finished(out: Path, config_text: str, digest: str) -> dict | None:
+def _finished(out: Path, cfg: Config, digest: str) -> dict | None:
     """The summary when ``out`` holds this very run, finished; None when there is work to do.
 
     A ConfigError when ``out`` is not a directory, holds something other than a train-lists run,
-    or a train-lists run finished with another config or other lists. Reads only.
+    or a train-lists run finished with another config (but for how it is watched: ``report_to``)
+    or other lists. Reads only.
     """
     if not out.exists():
         return None
@@ -136,7 +139,8 @@ def _finished(out: Path, config_text: str, digest: str) -> dict | None:
     if SUMMARY not in names:
         return None  # an earlier attempt stopped before the end: start again
     try:
-        same = (out / CONFIG).read_text() == config_text and json.loads((out / REPORT).read_text())["lists_sha256"] == digest
+        same = (config_mod.same_results((out / CONFIG).read_text(), cfg)
+                and json.loads((out / REPORT).read_text())["lists_sha256"] == digest)
         summary = json.loads((out / SUMMARY).read_text())
     except (OSError, ValueError, KeyError):
         same = False
@@ -160,12 +164,12 @@ def _prepare(out: Path, config_text: str, record: dict, log: Callable[[str], Non
 
 
 def _evaluate(policy_dir: str | Path, task: Task, held_out: list[Example], cfg: Config, out: Path, policy: int,
-              accelerator: Accelerator, progress: bool) -> dict:
+              accelerator: Accelerator, metrics: MetricsLog, progress: bool) -> dict:
     """Greedy held-out accuracy and gold reward of one policy (main process), written to ``out`` and the metrics."""
     model, tokenizer = policy_from_config(policy_dir, cfg.model)
     scores = greedy_eval(model.to(accelerator.device), tokenizer, task, held_out, cfg.sampling.max_new_tokens,
                          cfg.eval.batch_size, progress)
-    append_jsonl(out.parent / METRICS, {"stage": "eval", "policy": policy, **eval_headline(scores)})
+    metrics.write({"stage": "eval", "policy": policy, **eval_headline(scores)})
     return eval_headline(save_greedy_eval(scores, held_out, out))
 
 
@@ -187,23 +191,24 @@ def run_train_lists(
     evaluate: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
+    strict: bool = False,
 ) -> dict:
     """``larpo train-lists``: train ``model.path`` on the lists in ``data``, into ``out``; return the summary.
 
-    ``fields``, ``split`` and ``drop_bad_rows`` are :func:`larpo.listdata.read_lists`'s; the lists
+    ``fields``, ``split``, ``drop_bad_rows`` and ``strict`` are :func:`larpo.listdata.read_lists`'s; the lists
     are cut by ``lists.strategy`` with the sizes for ``train.loss``, as the loop cuts its own.
     With ``evaluate``, the starting and the trained policy are evaluated (greedy) on the held-out
     prompts of ``task``. Rerunning a finished run (same config, same lists) returns its summary;
     an unfinished one starts again. Every process returns the summary; the main one writes and logs.
     """
     start = time.time()
-    accelerator = make_accelerator(cfg.train)
+    out = Path(out)
+    accelerator = make_accelerator(cfg.train, trackers=cfg.trackers, tracker_dir=out / TRACKER_DIR)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
-    out = Path(out)
 
     top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows)
+    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows, strict)
     log(f"[larpo] {report.summary()}")
     for line in report.dropped_rows[:3]:
         log(f"[larpo]   dropped {line}")
@@ -213,7 +218,7 @@ def run_train_lists(
     task, held_out = _held_out(cfg) if evaluate else (None, [])
     config_text = config_mod.dump(cfg)
     record = {**report.to_dict(), "lists_sha256": lists_digest(lists)}
-    done = _finished(out, config_text, record["lists_sha256"])  # every process reads, before anyone writes
+    done = _finished(out, cfg, record["lists_sha256"])  # every process reads, before anyone writes
     accelerator.wait_for_everyone()
     if done is not None:
         log(f"[larpo] {out} already holds this run, finished: nothing to do")
@@ -224,28 +229,30 @@ def run_train_lists(
             _prepare(out, config_text, record, log)
             if report.dropped_rows:
                 log(f"[larpo]   every dropped row: {out / REPORT}")
-            if evaluate:
-                initial = _evaluate(cfg.model.path, task, held_out, cfg, out / EVAL_INITIAL, 0, accelerator, progress)
         accelerator.wait_for_everyone()
-        seed = stage_seed(cfg.seed, 0)  # as the loop's first iteration: LoRA's initialisation, list order
-        seed_everything(seed)
-        model, tokenizer = policy_from_config(cfg.model.path, cfg.model, train=True)  # LoRA, checkpointing, dtype
-        result = train_on_lists(model, tokenizer, lists, cfg.train, seed=seed, accelerator=accelerator,
-                                metrics_path=out / METRICS, tag={"stage": "train"}, save_to=out / POLICY,
-                                progress=progress)
-        limits = length_limits(tokenizer)
-        summary = {"data": report.summary(), "lists": len(lists), "steps": result.steps, "epochs": cfg.train.epochs,
-                   "first_loss": result.losses[0], "last_loss": result.losses[-1], "policy": str(out / POLICY),
-                   "truncated_prompt_encodings": limits.truncated_prompts,
-                   "truncated_response_encodings": limits.truncated_responses}
-        log(f"[larpo] trained {result.steps} steps ({cfg.train.loss}, {len(lists)} lists × {cfg.train.epochs} epoch(s)): "
-            f"loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}; policy in {out / POLICY}")
-        if main:
-            if evaluate:
-                final = _evaluate(out / POLICY, task, held_out, cfg, out / EVAL_FINAL, 1, accelerator, progress)
-                summary.update(initial=initial, final=final)
-                log(format_evaluation(initial, final))
-            summary["wall_seconds"] = round(time.time() - start, 2)
-            write_json_atomic(out / SUMMARY, summary)
-        accelerator.wait_for_everyone()
+        with tracked(cfg, out, accelerator, log) as metrics:
+            if main and evaluate:
+                initial = _evaluate(cfg.model.path, task, held_out, cfg, out / EVAL_INITIAL, 0, accelerator, metrics, progress)
+            accelerator.wait_for_everyone()
+            seed = stage_seed(cfg.seed, 0)  # as the loop's first iteration: LoRA's initialisation, list order
+            seed_everything(seed)
+            model, tokenizer = policy_from_config(cfg.model.path, cfg.model, train=True)  # LoRA, checkpointing, dtype
+            result = train_on_lists(model, tokenizer, lists, cfg.train, seed=seed, accelerator=accelerator,
+                                    metrics_path=metrics, tag={"stage": "train"}, save_to=out / POLICY,
+                                    progress=progress)
+            limits = length_limits(tokenizer)
+            summary = {"data": report.summary(), "lists": len(lists), "steps": result.steps, "epochs": cfg.train.epochs,
+                       "first_loss": result.losses[0], "last_loss": result.losses[-1], "policy": str(out / POLICY),
+                       "truncated_prompt_encodings": limits.truncated_prompts,
+                       "truncated_response_encodings": limits.truncated_responses}
+            log(f"[larpo] trained {result.steps} steps ({cfg.train.loss}, {len(lists)} lists × {cfg.train.epochs} "
+                f"epoch(s)): loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}; policy in {out / POLICY}")
+            if main:
+                if evaluate:
+                    final = _evaluate(out / POLICY, task, held_out, cfg, out / EVAL_FINAL, 1, accelerator, metrics, progress)
+                    summary.update(initial=initial, final=final)
+                    log(format_evaluation(initial, final))
+                summary["wall_seconds"] = round(time.time() - start, 2)
+                write_json_atomic(out / SUMMARY, summary)
+            accelerator.wait_for_everyone()
     return json.loads((out / SUMMARY).read_text())

@@ -26,14 +26,15 @@ from transformers import PreTrainedTokenizerBase, get_cosine_schedule_with_warmu
 
 from .config import TrainConfig
 from .encoding import encode_prompt, encode_response, pad_id
-from .io import append_jsonl
 from .lists import RankedList
 from .logprobs import list_logps
 from .losses import get_loss
 from .models import save_policy
 from .parallel import gather_merged, my_share, sum_over_processes
 from .seeding import seed_everything
+from .tracking import MetricsLog, check_trackers, metrics_log
 from .transfer import to_device
+from .versions import internals_tested
 
 
 @dataclass(frozen=True)
@@ -67,14 +68,21 @@ def encode_lists(tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList]
     return out
 
 
-def make_accelerator(cfg: TrainConfig, threads: int | None = None) -> Accelerator:
+def make_accelerator(
+    cfg: TrainConfig, threads: int | None = None, trackers: Sequence[str] = (), tracker_dir: str | Path | None = None
+) -> Accelerator:
     """The run's Accelerator: one process or many (launched by accelerate/torchrun), CPU or GPU.
 
     ``threads`` sets torch's intra-op threads in this process (None: leave torch's default).
+    ``trackers`` are accelerate's experiment trackers (``report_to``), keeping their local files in
+    ``tracker_dir`` once :func:`larpo.tracking.tracked` starts them; a ConfigError names one that
+    accelerate does not know or whose package is not installed.
     """
     if threads is not None:
         torch.set_num_threads(threads)
-    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+    check_trackers(list(trackers))
+    return Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+                       log_with=list(trackers) or None, project_dir=tracker_dir if trackers else None)
 
 
 def adamw(model: nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
@@ -190,10 +198,11 @@ def _release(accelerator: Accelerator, model: nn.Module, wrapped: nn.Module) -> 
     ``accelerator.free_memory()`` does that and runs a full ``gc.collect()``, which takes about
     0.3 s in a process that has imported transformers. A wrapper (DDP, FSDP, DeepSpeed) gets
     ``free_memory()``: a DDP wrapper sits in reference cycles that only a collection frees. On one
-    process ``wrapped`` is the model itself, and dropping the accelerator's references frees the
-    optimizer and its state at once.
+    process ``wrapped`` is the model itself, and dropping the accelerator's references (its private
+    lists, on an accelerate release this was tested with: :mod:`larpo.versions`) frees the optimizer
+    and its state at once; on another release, ``free_memory()`` again.
     """
-    if wrapped is not model:
+    if wrapped is not model or not internals_tested("accelerate"):
         accelerator.free_memory()
         return
     for held in (accelerator._models, accelerator._optimizers, accelerator._schedulers, accelerator._dataloaders):
@@ -235,7 +244,7 @@ def train_phase(
     cfg: TrainConfig,
     accelerator: Accelerator,
     seed: int = 0,
-    metrics_path: str | Path | None = None,
+    metrics_path: str | Path | MetricsLog | None = None,
     tag: dict | None = None,
     ref_logps: Sequence[torch.Tensor] | None = None,
     progress: bool = True,
@@ -252,7 +261,8 @@ def train_phase(
     ``ref_logps`` (one [m] tensor per list) defaults to the model's own log-probs at the start of
     the phase (the paper's reference: the policy at the start of the iteration). Each step's
     metrics (loss, pair accuracy, mean γ margin, grad norm, lr), with ``tag`` merged in, are
-    returned in ``PhaseResult.metrics`` and appended to ``metrics_path`` by the main process.
+    returned in ``PhaseResult.metrics`` and appended to ``metrics_path`` by the main process (a file, or
+    a :class:`larpo.tracking.MetricsLog` that also logs them to the run's trackers).
     ``seed`` seeds every generator the phase uses (list order, and dropout masks when
     ``cfg.dropout`` keeps dropout on).
     """
@@ -289,7 +299,7 @@ def train_phase(
             metrics.append(_step_row(totals, grad_norm, lists, lr, {**(tag or {}), "epoch": epoch, "step": len(metrics) + 1}))
             losses.append(metrics[-1]["loss"])
             if metrics_path is not None and accelerator.is_main_process:
-                append_jsonl(metrics_path, metrics[-1])
+                metrics_log(metrics_path).write(metrics[-1])
             bar.set_postfix(loss=f"{losses[-1]:.4f}")
 
         pending: list[tuple] = []  # steps whose metrics are still on the device
