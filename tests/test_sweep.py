@@ -11,7 +11,8 @@ import pytest
 import yaml
 
 from larpo.config import ConfigError
-from larpo.sweep import load_grid, run_grid
+from larpo.sweep import run_grid
+from larpo.sweep_grid import load_grid
 from larpo.sweep_stats import mean_interval, paired_test
 
 from test_loop import SMALL
