@@ -27,6 +27,7 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from larpo.models import EOS, PAD, UNK, load_options
+from larpo.packing import flops_per_pair, flops_per_position
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOLLM2_DIR = "models/SmolLM2-135M-Instruct"  # where `bash scripts/fetch-smollm2.sh` puts the model
@@ -115,15 +116,13 @@ def forward_flops(config, prompt: int, responses: list[int], shared: bool) -> fl
     """Model FLOPs of one forward pass over a list of ``prompt`` tokens and ``responses`` (token counts):
     the prompt once with every response on top of it (``shared``), or each response after its own copy.
 
-    2 FLOPs per decoder-layer weight per token, 4 × layers × heads × head dim per (query, key) pair
-    of causal attention, and 2 × hidden × vocab for the LM head on each response token (the
-    positions whose log-probs are taken). Padding and recomputation (checkpointing) do not count.
+    Per layer, larpo's own FLOP model (the one its layout choice uses): ``larpo.packing.flops_per_position``
+    per token (2 per decoder-layer weight) and ``flops_per_pair`` per (query, key) pair of causal
+    attention; and 2 × hidden × vocab for the LM head on each response token (the positions whose
+    log-probs are taken). Padding and recomputation (checkpointing) do not count.
     """
-    h, n_layers, inter = config.hidden_size, config.num_hidden_layers, config.intermediate_size
-    head_dim = getattr(config, "head_dim", None) or h // config.num_attention_heads
-    q, kv = config.num_attention_heads * head_dim, config.num_key_value_heads * head_dim
-    per_token = 2 * n_layers * (h * q + 2 * h * kv + q * h + 3 * h * inter)
-    per_key = 4 * n_layers * q
+    h, n_layers = config.hidden_size, config.num_hidden_layers
+    per_token, per_key = n_layers * flops_per_position(config), n_layers * flops_per_pair(config)
 
     def causal(n: int) -> float:  # (query, key) pairs of n tokens attending causally
         return n * (n + 1) / 2

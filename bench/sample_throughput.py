@@ -42,7 +42,8 @@ from larpo.config import TaskConfig
 from larpo.encoding import encode_prompt, pad_id
 from larpo.models import load_policy
 from larpo import sampling
-from larpo.sampling import _left_pad, generate, split_at_eos
+from larpo.logprobs import left_pad
+from larpo.sampling import generate, split_at_eos
 from larpo.tasks import build_task
 
 RANDOM_MODELS = {"tiny": ("tiny", (16, 48)), "smollm2-shape": ("smollm2", (45, 48))}  # shape, prompt words
@@ -82,7 +83,7 @@ def k_copies(model, tokenizer, prompts, k, temperature, max_new_tokens, batch_si
     with torch.random.fork_rng(devices=[] if model.device.type == "cpu" else [model.device], device_type=model.device.type):
         torch.manual_seed(seed)
         for start in range(0, len(prompts), batch_size):
-            input_ids, attention_mask = _left_pad([encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]], pad)
+            input_ids, attention_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]], pad)
             out = model.generate(input_ids=input_ids.to(model.device), attention_mask=attention_mask.to(model.device),
                                  max_new_tokens=max_new_tokens, num_return_sequences=k, do_sample=True,
                                  temperature=temperature, top_p=1.0, top_k=0, eos_token_id=tokenizer.eos_token_id,
@@ -159,7 +160,6 @@ def vllm_tokens_per_s(model, tok, prompts: list[str], k: int, a) -> float:
             with common.Timer() as t:
                 n = run()
             times.append(t.s)
-        del llm
     return n / common.median(times)
 
 

@@ -132,19 +132,20 @@ def test_pack_lists_puts_lists_one_after_another_and_segments_attend_list_by_lis
     assert packed["input_ids"].tolist() == [[5, 6, 7, 8, 4, 1, 2, 3, 4, 4]]
     assert packed["position_ids"].tolist() == [[0, 1, 2, 3, 2, 0, 1, 0, 1, 2]]  # restart after the prompt
     assert packed["prompt_lengths"] == [2, 1, 1] and packed["list_sizes"] == [2, 1, 2] and packed["padding"] == 0
-    assert packed["response_inputs"] == [2, 1, 1, 0, 2]
+    assert packed["response_positions"] == [2, 1, 1, 0, 2]
     # a response's first token is predicted by its prompt's last position (1, 5 and 7)
     assert packed["select"].tolist() == [1, 2, 3, 1, 4, 5, 6, 7, 7, 8, 9]
     assert packed["targets"].tolist() == [7, 8, 9, 4, 3, 2, 2, 4, 4, 4, 4]
     assert packed["token_mask"].int().tolist() == [[1, 1, 1], [1, 1, 0], [1, 1, 0], [1, 0, 0], [1, 1, 1]]
     segments = Segments([2, 1, 1], [2, 1, 1, 0, 2], [2, 1, 2])
-    assert segments.lists == [(2, [2, 1]), (1, [1]), (1, [0, 2])] and segments.pieces == [2, 2, 1, 1, 1, 1, 0, 2]
-    # later responses with positions: [4] after prompt [5, 6]; [4, 4] after prompt [3] (its first response [4] has none)
+    assert segments.lengths == [(2, [2, 1]), (1, [1]), (1, [0, 2])] and segments.pieces == [2, 2, 1, 1, 1, 1, 0, 2]
+    # later responses with positions: [4] after prompt [5, 6] (piece 2); [4, 4] after prompt [3] (piece 7; its first
+    # response [4] has none)
     masks = segments.masks(torch.bfloat16, torch.device("cpu"))
     inf = float("-inf")
-    assert [m.dtype for m in masks] == [torch.bfloat16] * 2
-    assert masks[0].tolist() == [[[[0, 0, 0]]]]
-    assert masks[1].tolist() == [[[[0, 0, inf], [0, 0, 0]]]]
+    assert sorted(masks) == [2, 7] and [m.dtype for m in masks.values()] == [torch.bfloat16] * 2
+    assert masks[2].tolist() == [[[[0, 0, 0]]]]
+    assert masks[7].tolist() == [[[[0, 0, inf], [0, 0, 0]]]]
 
 
 def test_segment_attention_is_transformers_sdpa_without_segments_and_refuses_what_it_cannot_do(monkeypatch):
@@ -263,8 +264,8 @@ def test_every_process_chooses_from_the_costs_summed_over_processes():
              for name, lists in (("unequal", UNEQUAL), ("long", LONG))}
     assert choose_layout(eager, UNEQUAL) == "pairs" and choose_layout(eager, LONG) == "shared"
     # two processes, one with each micro-batch: both take the layout cheapest for the two together
-    assert choose_layout(eager, UNEQUAL, reduce=lambda t: t + costs["long"]) == "pairs"
-    assert choose_layout(eager, LONG, reduce=lambda t: t + costs["unequal"]) == "pairs"
+    assert choose_layout(eager, UNEQUAL, sum_over_processes=lambda t: t + costs["long"]) == "pairs"
+    assert choose_layout(eager, LONG, sum_over_processes=lambda t: t + costs["unequal"]) == "pairs"
 
 
 def full_logits_logps(model, pairs):

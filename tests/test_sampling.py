@@ -8,8 +8,8 @@ import torch
 from scipy import stats
 
 from larpo.encoding import encode_prompt
-from larpo.logprobs import collate_pairs, sequence_logps
-from larpo.sampling import Sample, _left_pad, generate, split_at_eos
+from larpo.logprobs import collate_pairs, left_pad, sequence_logps
+from larpo.sampling import Sample, generate, split_at_eos
 from larpo.versions import internals_tested
 
 PROMPTS = ["1+2=", "123+456=", "98-7=", "5-999=", "0+0=", "77+1=", "4-4="]  # different lengths
@@ -116,7 +116,7 @@ def test_progress_bar_does_not_change_results(tiny_model, tiny_tokenizer):
 
 def generate_with_k_copies(model, tokenizer, prompts, k, seed, **decoding) -> list[Sample]:
     """HF ``generate`` with ``num_return_sequences=k`` on the left-padded prompts: every prompt prefilled k times."""
-    input_ids, attention_mask = _left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
+    input_ids, attention_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts], tokenizer.pad_token_id)
     with torch.random.fork_rng(devices=[]), torch.no_grad():
         torch.manual_seed(seed)
         out = model.eval().generate(input_ids=input_ids, attention_mask=attention_mask, num_return_sequences=k,
@@ -248,12 +248,12 @@ def test_on_a_tested_release_the_cache_is_written_in_place_and_the_samples_are_t
 def test_the_draw_follows_the_warped_softmax_and_never_picks_a_token_the_nucleus_dropped(top_p):
     from transformers import LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
 
-    from larpo.sampling import _Draw
+    from larpo.sampling import _InverseCdfSampler
 
     n, temperature = 20000, 0.7
     logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0, 1.5]]).expand(n, -1)
     torch.manual_seed(0)
-    scores = _Draw(temperature, top_p)(None, logits.clone())
+    scores = _InverseCdfSampler(temperature, top_p)(None, logits.clone())
     assert torch.equal((scores == 0).sum(dim=1), torch.ones(n, dtype=torch.long))  # one token per row, the rest −inf
     assert torch.isinf(scores[scores != 0]).all()
     counts = torch.bincount(scores.argmax(dim=1), minlength=logits.shape[1])

@@ -1,8 +1,7 @@
-"""larpo sweep: grid files, shared SFT, resume after a kill, intervals and paired tests."""
+"""larpo sweep: grid files, shared SFT, resume of a stopped sweep, intervals and paired tests."""
 
 import json
-import os
-import signal
+import shutil
 import subprocess
 import sys
 import time
@@ -11,7 +10,8 @@ import pytest
 import yaml
 
 from larpo.config import ConfigError
-from larpo.sweep import load_grid, run_grid
+from larpo.sweep import run_grid
+from larpo.sweep_grid import load_grid
 from larpo.sweep_stats import mean_interval, paired_test
 
 from test_loop import SMALL
@@ -57,25 +57,20 @@ def test_results_hold_intervals_and_paired_tests_against_the_baseline(finished):
     assert "| fast |" in text and "baseline" in text and (out / "lr.png").is_file()
 
 
-def test_a_killed_sweep_resumes_without_rerunning_a_finished_cell(finished, tmp_path):
-    _, _, want = finished
+def test_a_stopped_sweep_resumes_without_rerunning_a_finished_cell(finished, tmp_path):
+    """The finished sweep cut back to one finished cell (what a kill after it leaves; real kills of a run:
+    test_reliability.py), resumed: that cell is not run again and every cell's results are the finished ones."""
+    grid, done, want = finished
     want = json.loads(json.dumps(want))  # as written to results.json
-    grid_path = write_grid(tmp_path)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "larpo.cli", "sweep", str(grid_path), "--out", str(out), "--quiet"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    deadline = time.time() + 300
-    while not list(out.glob("runs/*/summary.json")) and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    first = list(out.glob("runs/*/summary.json"))
-    assert len(first) == 1 and not (out / "lr.json").exists()
-    mtime = first[0].stat().st_mtime_ns
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
-    assert first[0].stat().st_mtime_ns == mtime  # the finished cell did not run again
+    shutil.copytree(done, out, ignore=shutil.ignore_patterns("lr.*", "lr-index.json"))
+    kept, *dropped = sorted((out / "runs").iterdir())
+    for run_dir in dropped:
+        shutil.rmtree(run_dir)
+    mtime = (kept / "summary.json").stat().st_mtime_ns
+    run_grid(grid, out, progress=False)
+    assert (kept / "summary.json").stat().st_mtime_ns == mtime  # the finished cell did not run again
+    assert all((d / "summary.json").is_file() for d in dropped)
     got = json.loads((out / "lr.json").read_text())
     for cell, row in want["cells"].items():
         assert got["cells"][cell]["values"] == row["values"]

@@ -162,7 +162,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from .sweep import load_grid, run_grid
+    from .sweep import run_grid
+    from .sweep_grid import load_grid
     from .sweep_stats import format_results
 
     grid = load_grid(args.grid)
@@ -208,16 +209,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="with a user error, also print its traceback "
                         "(e.g. of an exception raised in your reward function)")
     sub = parser.add_subparsers(dest="command", required=True)
+    for add in (_add_run, _add_sft, _add_train_lists, _add_report, _add_eval, _add_export_lists, _add_compare, _add_sweep,
+                _add_export_model, _add_import_gguf):
+        add(sub)
+    return parser
+
+
+def _add_run(sub) -> None:
+    """The ``run`` command and its arguments."""
     run = sub.add_parser("run", help="run LarPO end to end (build, SFT, iterations, evaluation, report)",
                          description="Run LarPO end to end. With no arguments: the embedded default on a tiny "
                          "model (2-digit addition, lambdarank, K=10, top-2 + bottom-2, 3 iterations).")
     _add_run_arguments(run)
     run.set_defaults(func=cmd_run)
+
+
+def _add_sft(sub) -> None:
+    """The ``sft`` command and its arguments."""
     sft = sub.add_parser("sft", help="build the initial policy and warm it up with SFT only",
                          description="Build (or load) the initial policy, run the SFT warm-up and evaluate it. "
                          "A later `larpo run` with the same --out reuses it.")
     _add_run_arguments(sft)
     sft.set_defaults(func=cmd_sft)
+
+
+def _add_train_lists(sub) -> None:
+    """The ``train-lists`` command and its arguments."""
     tl = sub.add_parser("train-lists", help="train a model on ranked lists you already have (listwise, TRL pairs, a dataset)",
                         description="Train MODEL on the ranked lists in DATA with the configured loss: one LarPO "
                         "training phase, reference = the starting model, for train.epochs; the policy is saved to "
@@ -251,10 +268,18 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_to(tl)
     tl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help=USAGE_OVERRIDES)
     tl.set_defaults(func=cmd_train_lists)
+
+
+def _add_report(sub) -> None:
+    """The ``report`` command and its arguments."""
     report = sub.add_parser("report", help="regenerate report.md and plots of a run directory",
                             description="Regenerate RUN_DIR/report.md and RUN_DIR/plots/*.png from the run's files.")
     report.add_argument("run_dir", metavar="RUN_DIR")
     report.set_defaults(func=cmd_report)
+
+
+def _add_eval(sub) -> None:
+    """The ``eval`` command and its arguments."""
     ev = sub.add_parser("eval", help="evaluate a policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate)",
                         description="Evaluate POLICY_DIR (a run's sft/ or iter_<s>/policy/, or any local model "
                         "directory) on held-out prompts: greedy accuracy, pass@k, Best-of-N with the reranker, "
@@ -269,6 +294,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--prompts", type=int, help="held-out prompts (default: eval.n_prompts)")
     ev.add_argument("--out", help="JSON file to write (default: POLICY_DIR/retriever_eval.json)")
     ev.set_defaults(func=cmd_eval)
+
+
+def _add_export_lists(sub) -> None:
+    """The ``export-lists`` command and its arguments."""
     ex = sub.add_parser("export-lists", help="export a run's ranked lists as a TRL preference or listwise dataset",
                         description="Write the ranked lists of RUN_DIR (every iteration, or --iteration S) as JSON "
                         "lines: --format trl gives {prompt, chosen, rejected} rows (best vs worst of each list, or "
@@ -280,6 +309,10 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--pairs", choices=["best-worst", "all"], default="best-worst", help="trl pairs per list")
     ex.add_argument("--out", required=True, metavar="FILE.jsonl")
     ex.set_defaults(func=cmd_export_lists)
+
+
+def _add_compare(sub) -> None:
+    """The ``compare`` command and its arguments."""
     cmp = sub.add_parser("compare", help="put finished runs side by side: a table with intervals, plots",
                          description="Compare finished runs: held-out greedy accuracy and gold reward of the SFT and "
                          "final policies with 95%% bootstrap intervals over prompts, pass@k of the final policy; "
@@ -288,6 +321,10 @@ def build_parser() -> argparse.ArgumentParser:
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
     cmp.add_argument("--out", default="compare", help="directory for compare.md and the plots (default: compare/)")
     cmp.set_defaults(func=cmd_compare)
+
+
+def _add_sweep(sub) -> None:
+    """The ``sweep`` command and its arguments."""
     sw = sub.add_parser("sweep", help="run a grid of config overrides x seeds and test the differences",
                         description="Run every cell x seed of GRID.yaml as an ordinary run directory (resumable; equal "
                         "configs run once; SFT checkpoints shared), then write <out>/<name>.md/json/png: mean and 95%% "
@@ -299,6 +336,10 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--quiet", action="store_true", help="no progress bar")
     sw.add_argument("--sft-cache", metavar="DIR", help="SFT checkpoints shared across sweeps (default: <out>/sft-cache)")
     sw.set_defaults(func=cmd_sweep)
+
+
+def _add_export_model(sub) -> None:
+    """The ``export-model`` command and its arguments."""
     em = sub.add_parser("export-model", help="save a policy as a plain Hugging Face model (LoRA adapters merged)",
                         description="Save POLICY_DIR (a run's sft/ or iter_<s>/policy/) to OUT_DIR as a plain "
                         "model + tokenizer (safetensors) that transformers loads with no peft and no base model: "
@@ -307,6 +348,10 @@ def build_parser() -> argparse.ArgumentParser:
     em.add_argument("out_dir", metavar="OUT_DIR")
     em.add_argument("--trust-remote-code", action="store_true", help="allow the model's own code (model.trust_remote_code)")
     em.set_defaults(func=cmd_export_model)
+
+
+def _add_import_gguf(sub) -> None:
+    """The ``import-gguf`` command and its arguments."""
     ig = sub.add_parser("import-gguf", help="convert a GGUF model file into a local policy directory (safetensors)",
                         description="Convert FILE.gguf (any causal LM that transformers reads from GGUF; quantised "
                         "weights are dequantised) into OUT_DIR: safetensors weights, config, tokenizer with its chat "
@@ -317,7 +362,6 @@ def build_parser() -> argparse.ArgumentParser:
     ig.add_argument("out_dir", metavar="OUT_DIR", help="must not exist, or be empty")
     ig.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of the saved weights (default float32)")
     ig.set_defaults(func=cmd_import_gguf)
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from .encoding import encode_prompt, encode_response, length_limits, pad_id
 from .io import write_json_atomic, write_jsonl_atomic
 from .logprobs import collate_pairs, sequence_logps
 from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
+from .models import evaluating
 from .rerankers import Reranker
 from .sampling import Sample, generate
 from .tasks import Example, Task
@@ -102,19 +103,13 @@ def _response_logps(model, tokenizer, prompts: list, samples: list[Sample], batc
     pad = pad_id(tokenizer)
     pairs = [(encode_prompt(tokenizer, p), encode_response(tokenizer, s.text, s.ids, s.finished))
              for p, s in zip(prompts, samples)]
-    was_training = model.training
-    model.eval()
     out: list[float] = []
-    try:
-        starts = range(0, len(pairs), batch_size)
-        for start in tqdm(starts, desc="retriever evaluation: log-probs", unit="batch", disable=not progress):
+    with evaluating(model):
+        for start in tqdm(range(0, len(pairs), batch_size), desc="retriever evaluation: log-probs", unit="batch",
+                          disable=not progress):
             batch = collate_pairs(pairs[start : start + batch_size], pad)
             out.extend(sequence_logps(model, to_device(batch, model.device)).tolist())
-    finally:
-        model.train(was_training)
     return out
-
-
 
 
 def retriever_eval(
@@ -162,62 +157,92 @@ def retriever_eval(
         },
         "sampled": {},
     }
-    ks = _powers_of_two(n_samples)
     for t_index, temperature in enumerate(temperatures):
         samples = generate(model, tokenizer, prompts, n_samples, float(temperature), max_new_tokens,
                            batch_size=max(1, batch_size // n_samples), seed=seed + t_index, progress=progress,
                            desc=f"retriever evaluation: sampling at T={temperature}")
-        flat_p = [p for p, group in zip(prompts, samples) for _ in group]
-        flat_r = [s.text for group in samples for s in group]
-        scores = reranker.score(flat_p, flat_r)
-        per_prompt = [
-            ([s.text for s in group], [task.reward(p, s.text) for s in group],
-             [float(task.correct(p, s.text)) for s in group], scores[i * n_samples : (i + 1) * n_samples])
-            for i, (p, group) in enumerate(zip(prompts, samples))
-        ]
-        # distinct sampled sequences of each prompt (with their reranker scores), scored by the
-        # policy's log-prob: the retriever's order
-        distinct = [list({(s.ids, s.finished): (s, sc) for s, sc in zip(group, per_prompt[i][3])}.values())
-                    for i, group in enumerate(samples)]
-        cand_p = [p for p, ds in zip(prompts, distinct) for _ in ds]
-        logps = _response_logps(model, tokenizer, cand_p, [s for ds in distinct for s, _ in ds], batch_size, progress)
-        rankings, offset = [], 0
-        for ds in distinct:
-            rankings.append((logps[offset : offset + len(ds)], [sc for _, sc in ds]))
-            offset += len(ds)
-        informative = [(lp, rel) for lp, rel in rankings if len(set(rel)) > 1]  # all-tied lists carry no order
-        ranking = {"n_prompts": len(informative), "n_samples": n_samples,
-                   "mean_distinct_candidates": sum(len(d) for d in distinct) / n}
-        for k in (1, 5, None):
-            ranking["ndcg" if k is None else f"ndcg@{k}"] = _stat([ndcg_at_k(lp, rel, k) for lp, rel in informative], seed)
-        ranking["mrr"] = _stat([mrr(lp, rel) for lp, rel in informative], seed)
-        result["sampled"][str(float(temperature))] = {
-            "temperature": float(temperature), "n_prompts": n, "n_samples": n_samples,
-            "gold_reward": _stat([sum(g) / len(g) for _, g, _, _ in per_prompt], seed),
-            "pass_at_k": {str(k): _stat([pass_at_k(n_samples, int(sum(c)), k) for _, _, c, _ in per_prompt], seed)
-                          for k in ks},
-            "best_of_n": {str(k): _stat([best_of_n(sc, g, k) for _, g, _, sc in per_prompt], seed)
-                          for k in _powers_of_two(n_samples, cap=16)},
-            "ranking": ranking,
-            "mean_length": sum(map(len, flat_r)) / len(flat_r),
-        }
+        result["sampled"][str(float(temperature))] = _sampled_block(model, tokenizer, task, prompts, samples, reranker,
+                                                                    float(temperature), batch_size, seed, progress)
     if baseline is not None:
-        base_model, base_tokenizer = baseline
-        base = _greedy(base_model, base_tokenizer, prompts, max_new_tokens, batch_size, progress)
-        base_gold = [task.reward(p, r) for p, r in zip(prompts, base)]
-        result["baseline"] = {
-            "n_prompts": n, "n_samples": 1,
-            "baseline_exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, base)], seed),
-            "baseline_gold_reward": _stat(base_gold, seed),
-            "win_rate_reranker": _stat(wins(reranker.score(prompts, greedy), reranker.score(prompts, base)), seed),
-            "win_rate_gold": _stat(wins(greedy_gold, base_gold), seed),
-        }
+        result["baseline"] = _baseline_block(baseline, task, prompts, greedy, greedy_gold, reranker, max_new_tokens,
+                                             batch_size, seed, progress)
     limits = length_limits(tokenizer)
     result["settings"].update(max_prompt_tokens=limits.max_prompt_tokens, max_response_tokens=limits.max_response_tokens,
                               truncated_prompt_encodings=limits.truncated_prompts,
                               truncated_response_encodings=limits.truncated_responses)
     return result
 
+
+def _sampled_block(model, tokenizer, task: Task, prompts: list, samples: list[list[Sample]], reranker: Reranker,
+                   temperature: float, batch_size: int, seed: int, progress: bool) -> dict:
+    """One temperature's block: gold reward, pass@k, Best-of-N with the reranker, and the ranking of the
+    policy's log-prob order against the reranker's (:func:`_ranking_block`)."""
+    n_samples = len(samples[0])
+    flat_p = [p for p, group in zip(prompts, samples) for _ in group]
+    flat_r = [s.text for group in samples for s in group]
+    scores = reranker.score(flat_p, flat_r)
+    per_prompt = [  # (golds, correct, reranker scores) of each prompt's samples
+        ([task.reward(p, s.text) for s in group], [float(task.correct(p, s.text)) for s in group],
+         scores[i * n_samples : (i + 1) * n_samples])
+        for i, (p, group) in enumerate(zip(prompts, samples))
+    ]
+    return {
+        "temperature": temperature, "n_prompts": len(prompts), "n_samples": n_samples,
+        "gold_reward": _stat([sum(g) / len(g) for g, _, _ in per_prompt], seed),
+        "pass_at_k": {str(k): _stat([pass_at_k(n_samples, int(sum(c)), k) for _, c, _ in per_prompt], seed)
+                      for k in _powers_of_two(n_samples)},
+        "best_of_n": {str(k): _stat([best_of_n(sc, g, k) for g, _, sc in per_prompt], seed)
+                      for k in _powers_of_two(n_samples, cap=16)},
+        "ranking": _ranking_block(model, tokenizer, prompts, samples, [sc for _, _, sc in per_prompt], batch_size, seed,
+                                  progress),
+        "mean_length": sum(map(len, flat_r)) / len(flat_r),
+    }
+
+
+def _ranking_block(model, tokenizer, prompts: list, samples: list[list[Sample]], scores: list[list[float]],
+                   batch_size: int, seed: int, progress: bool) -> dict:
+    """NDCG and MRR of the policy's order of each prompt's distinct sampled sequences (by their log-probs:
+    the retriever's order) against the reranker's ``scores``; prompts whose candidates all tie carry no order."""
+    distinct = [list({(s.ids, s.finished): (s, sc) for s, sc in zip(group, group_scores)}.values())
+                for group, group_scores in zip(samples, scores)]
+    logps = _response_logps(model, tokenizer, [p for p, ds in zip(prompts, distinct) for _ in ds],
+                            [s for ds in distinct for s, _ in ds], batch_size, progress)
+    rankings, offset = [], 0
+    for ds in distinct:
+        rankings.append((logps[offset : offset + len(ds)], [sc for _, sc in ds]))
+        offset += len(ds)
+    informative = [(lp, rel) for lp, rel in rankings if len(set(rel)) > 1]
+    ranking = {"n_prompts": len(informative), "n_samples": len(samples[0]),
+               "mean_distinct_candidates": sum(len(d) for d in distinct) / len(prompts)}
+    for k in (1, 5, None):
+        ranking["ndcg" if k is None else f"ndcg@{k}"] = _stat([ndcg_at_k(lp, rel, k) for lp, rel in informative], seed)
+    ranking["mrr"] = _stat([mrr(lp, rel) for lp, rel in informative], seed)
+    return ranking
+
+
+def _baseline_block(baseline: tuple[PreTrainedModel, PreTrainedTokenizerBase], task: Task, prompts: list,
+                    greedy: list[str], greedy_gold: list[float], reranker: Reranker, max_new_tokens: int,
+                    batch_size: int, seed: int, progress: bool) -> dict:
+    """The baseline policy's greedy accuracy and gold reward, and the policy's greedy win rate over it
+    (by the reranker and by the gold reward)."""
+    base_model, base_tokenizer = baseline
+    base = _greedy(base_model, base_tokenizer, prompts, max_new_tokens, batch_size, progress)
+    base_gold = [task.reward(p, r) for p, r in zip(prompts, base)]
+    return {
+        "n_prompts": len(prompts), "n_samples": 1,
+        "baseline_exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, base)], seed),
+        "baseline_gold_reward": _stat(base_gold, seed),
+        "win_rate_reranker": _stat(wins(reranker.score(prompts, greedy), reranker.score(prompts, base)), seed),
+        "win_rate_gold": _stat(wins(greedy_gold, base_gold), seed),
+    }
+
+
+def retriever_brief(result: dict) -> dict:
+    """The headline retriever metrics at the first evaluation temperature: pass@k per k, NDCG, MRR."""
+    block = next(iter(result["sampled"].values()))
+    brief = {f"pass@{k}": v["mean"] for k, v in block["pass_at_k"].items()}
+    brief.update(temperature=block["temperature"], ndcg=block["ranking"]["ndcg"]["mean"], mrr=block["ranking"]["mrr"]["mean"])
+    return brief
 
 def table_rows(result: dict) -> list[tuple[str, dict | float]]:
     """(metric name, stat or plain number) rows of a :func:`retriever_eval` result, for printing."""

@@ -50,12 +50,12 @@ class LinearLogps(torch.autograd.Function):
         for h, t in zip(hidden.split(rows), targets.split(rows)):
             logits = F.linear(h, weight, bias)
             ctx.dtype = logits.dtype
-            logits = _wide(logits)
+            logits = _at_least_float32(logits)
             lse.append(torch.logsumexp(logits, dim=-1))
             out.append(logits.gather(-1, t[:, None]).squeeze(-1) - lse[-1])
         ctx.rows = rows
-        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lse) if lse else _wide(hidden.new_zeros(0)))
-        return torch.cat(out) if out else _wide(hidden.new_zeros(0))
+        ctx.save_for_backward(hidden, weight, bias, targets, torch.cat(lse) if lse else _at_least_float32(hidden.new_zeros(0)))
+        return torch.cat(out) if out else _at_least_float32(hidden.new_zeros(0))
 
     @staticmethod
     def backward(ctx, grad):
@@ -63,9 +63,9 @@ class LinearLogps(torch.autograd.Function):
         need_h, need_w, need_b = ctx.needs_input_grad[:3]
         dtype, rows = ctx.dtype, ctx.rows
         grad_h = torch.empty_like(hidden) if need_h else None
-        wide = _wide(weight.new_zeros(0)).dtype
-        grad_w = torch.zeros(weight.shape, dtype=wide, device=weight.device) if need_w else None
-        grad_b = torch.zeros(weight.shape[0], dtype=wide, device=weight.device) if need_b else None
+        sum_dtype = _at_least_float32(weight.new_zeros(0)).dtype
+        grad_w = torch.zeros(weight.shape, dtype=sum_dtype, device=weight.device) if need_w else None
+        grad_b = torch.zeros(weight.shape[0], dtype=sum_dtype, device=weight.device) if need_b else None
         w = weight.to(dtype)
         b = bias.to(dtype) if bias is not None else None
         with torch.autocast(hidden.device.type, enabled=False):
@@ -73,14 +73,14 @@ class LinearLogps(torch.autograd.Function):
                 end = start + rows
                 h, g, t = hidden[start:end].to(dtype), grad[start:end].to(lse.dtype), targets[start:end]
                 # d logp[t] / d logits = onehot(t) − softmax, times the incoming gradient
-                d = _wide(F.linear(h, w, b)).sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
+                d = _at_least_float32(F.linear(h, w, b)).sub_(lse[start:end, None]).exp_().mul_(-g[:, None])
                 d.scatter_add_(1, t[:, None], g[:, None])
                 if need_b:
                     grad_b += d.sum(dim=0)
                 d = d.to(dtype)
                 if need_h:
                     grad_h[start:end] = (d @ w).to(hidden.dtype)
-                if need_w and d.dtype == wide:
+                if need_w and d.dtype == sum_dtype:
                     grad_w.addmm_(d.t(), h)
                 elif need_w:  # a bf16 (autocast) matmul, summed in float32
                     grad_w += d.t() @ h
@@ -88,6 +88,6 @@ class LinearLogps(torch.autograd.Function):
                 grad_b.to(bias.dtype) if need_b else None, None)
 
 
-def _wide(x: torch.Tensor) -> torch.Tensor:
+def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     """``x`` in float32, or as it is when it is already float32 or float64."""
     return x if x.dtype in (torch.float32, torch.float64) else x.float()

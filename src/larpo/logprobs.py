@@ -25,7 +25,7 @@ from torch import nn
 from transformers import DynamicCache
 
 from . import lm_head, segment_attention
-from .packing import LAYOUTS, Lists, layout_costs, pack_lists, packing_is_exact
+from .packing import LAYOUTS, Lists, head_dim, layout_costs, pack_lists, packing_is_exact
 from .transfer import to_device
 
 
@@ -76,14 +76,9 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
     """
     if not lists or any(not p or not rs or any(not r for r in rs) for p, rs in lists):
         raise ValueError("collate_lists needs non-empty prompts, each with at least one non-empty response")
-    width_p = max(len(p) for p, _ in lists)
+    prompt_ids, prompt_mask = left_pad([list(p) for p, _ in lists], pad_id)
     responses = [r for _, rs in lists for r in rs]
     width_r = max(len(r) for r in responses)
-    prompt_ids = torch.full((len(lists), width_p), pad_id, dtype=torch.long)
-    prompt_mask = torch.zeros((len(lists), width_p), dtype=torch.long)
-    for row, (prompt, _) in enumerate(lists):
-        prompt_ids[row, width_p - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-        prompt_mask[row, width_p - len(prompt) :] = 1
     response_ids = torch.full((len(responses), width_r), pad_id, dtype=torch.long)
     response_mask = torch.zeros((len(responses), width_r), dtype=torch.bool)
     for row, response in enumerate(responses):
@@ -94,32 +89,37 @@ def collate_lists(lists: Sequence[tuple[list[int], Sequence[list[int]]]], pad_id
             "response_mask": response_mask, "owner": owner}
 
 
+def left_pad(rows: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad token id lists into ids [B, T] long and an attention mask [B, T] long (1 = real token), so
+    that every row ends at column T − 1."""
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([[pad] * (width - len(r)) + list(r) for r in rows], dtype=torch.long)
+    mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
+    return ids, mask
+
+
 def list_logps(model: nn.Module, lists: Lists, pad_id: int, device: torch.device | str, shared_prompt: bool = True,
-               layout: str | None = None, reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+               layout: str | None = None,
+               sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """log π of every response of ``lists`` ((prompt ids, [response ids, ...]) each): float32 [N], list by list.
 
-    Runs ``layout``, by default :func:`choose_layout`'s (with ``reduce``): ``packed``
+    Runs ``layout``, by default :func:`choose_layout`'s (with ``sum_over_processes``): ``packed``
     (:func:`packed_logps`), ``shared`` (:func:`shared_prompt_logps`) or ``pairs``
     (:func:`sequence_logps`, a row per (prompt, response)). With ``shared_prompt`` False every
     response is a list of its own, its prompt repeated, in any layout.
     """
-    if layout is None:
-        layout = choose_layout(model, lists, shared_prompt, reduce)
-    elif layout not in (exact := exact_layouts(model, shared_prompt)):
-        raise ValueError(f"list_logps: layout {layout!r} is not exact for this model, or unknown (exact: {', '.join(exact)})")
     if not shared_prompt:
         lists = [(p, [r]) for p, rs in lists for r in rs]
+    if layout is None:
+        layout = choose_layout(model, lists, shared_prompt, sum_over_processes)
+    elif layout not in (exact := exact_layouts(model, shared_prompt)):
+        raise ValueError(f"list_logps: layout {layout!r} is not exact for this model, or unknown (exact: {', '.join(exact)})")
     if layout == "packed":
         flex = segment_attention.uses_flex(device, head_dim(base_model(model).config.get_text_config()))
         return packed_logps(model, to_device(pack_lists(lists, segment_attention.BLOCK if flex else 1), device))
     if layout == "shared":
         return shared_prompt_logps(model, to_device(collate_lists(lists, pad_id), device))
     return sequence_logps(model, to_device(collate_pairs([(p, r) for p, rs in lists for r in rs], pad_id), device))
-
-
-def head_dim(config) -> int:
-    """The attention head dimension of a (text) model config."""
-    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
 
 
 def exact_layouts(model: nn.Module, shared_prompt: bool = True) -> list[str]:
@@ -137,18 +137,17 @@ def exact_layouts(model: nn.Module, shared_prompt: bool = True) -> list[str]:
 
 
 def choose_layout(model: nn.Module, lists: Lists, shared_prompt: bool = True,
-                  reduce: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
-    """The exact layout (:func:`exact_layouts`) with the fewest estimated FLOPs (:func:`larpo.packing.layout_costs`).
+                  sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None) -> str:
+    """The exact layout (:func:`exact_layouts`) with the fewest estimated FLOPs (:func:`larpo.packing.layout_costs`)
+    for ``lists`` as they will run (one response each when ``shared_prompt`` is False).
 
-    ``reduce`` sums a tensor over processes (e.g. ``accelerator.reduce``): every process then picks
-    the same layout from the costs of all their lists, which a multi-process run needs, since the
+    With ``sum_over_processes`` (:func:`larpo.parallel.sum_over_processes`) every process picks the
+    same layout from the costs of all their lists, which a multi-process run needs, since the
     layouts run different numbers of forward passes and a DDP or FSDP forward is a collective.
     """
-    if not shared_prompt:
-        lists = [(p, [r]) for p, rs in lists for r in rs]
     costs = layout_costs(base_model(model).config.get_text_config(), lists)
     total = torch.tensor([costs[name] for name in LAYOUTS], dtype=torch.float64)
-    total = reduce(total) if reduce is not None else total
+    total = sum_over_processes(total) if sum_over_processes is not None else total
     exact = exact_layouts(model, shared_prompt)
     return min(exact, key=lambda name: total[LAYOUTS.index(name)].item())
 
@@ -165,7 +164,7 @@ def packed_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> torch.Tens
     """
     segment_attention.install()
     select = batch["select"]
-    segments = segment_attention.Segments(batch["prompt_lengths"], batch["response_inputs"], batch["list_sizes"],
+    segments = segment_attention.Segments(batch["prompt_lengths"], batch["response_positions"], batch["list_sizes"],
                                           batch["padding"])
     ids = batch["input_ids"]
     token_logps = _selected_logps(
@@ -235,8 +234,7 @@ def can_share_prompt(model: nn.Module) -> bool:
     """
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    base = base_model(model)
-    on = [m for m in base.modules() if getattr(m, "gradient_checkpointing", False) is True]
+    on = _checkpointing(model)
     if not on:
         return True
     layers = [m for m in on if isinstance(m, GradientCheckpointingLayer)]
@@ -309,12 +307,16 @@ class _SharedPromptCache(DynamicCache):
                 torch.cat([layer.values[self.readers], value_states], dim=-2))
 
 
+def _checkpointing(model: nn.Module) -> list[nn.Module]:
+    """The modules of the transformers model inside ``model`` with activation checkpointing on."""
+    return [m for m in base_model(model).modules() if getattr(m, "gradient_checkpointing", False) is True]
+
+
 def _checkpointed_layers(model: nn.Module) -> list[nn.Module]:
     """The decoder layers that activation checkpointing replays (none when it is off)."""
     from transformers.modeling_layers import GradientCheckpointingLayer
 
-    return [m for m in base_model(model).modules()
-            if isinstance(m, GradientCheckpointingLayer) and getattr(m, "gradient_checkpointing", False) is True]
+    return [m for m in _checkpointing(model) if isinstance(m, GradientCheckpointingLayer)]
 
 
 @contextlib.contextmanager

@@ -37,20 +37,20 @@ from accelerate import Accelerator
 from .candidates import iteration_dir, load_candidates, remembered, save_candidates
 from .config import Config, ConfigError
 from .encoding import length_limits, pad_id
-from .evaluate import eval_headline, greedy_eval, retriever_eval, save_greedy_eval
+from .evaluate import eval_headline, greedy_eval, retriever_brief, retriever_eval, save_greedy_eval
 from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
-from .metrics import bootstrap_ci
+from .metrics import paired_difference
 from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
+from .preflight import Inputs, check_inputs, check_reranker, prepare_run_dir
 from .reference import reference_model
-from .preflight import METRICS, Inputs, check_inputs, check_reranker, prepare_run_dir
 from .rerankers import Reranker, build_reranker
 from .retrieve import negative_candidates, sample_and_score
 from .runlock import run_dir_lock
 from .seeding import seed_everything, stage_seed
 from .sft import sft_train
 from .tasks import Example
-from .tracking import TRACKER_DIR, MetricsLog, tracked
+from .tracking import METRICS, TRACKER_DIR, MetricsLog, stage_seconds, timed, tracked
 from .trainer import EncodedList, encode_lists, make_accelerator, reference_logps, train_phase
 
 T = TypeVar("T")
@@ -74,7 +74,7 @@ def initial_policy(cfg: Config, inputs: Inputs, run_dir: Path, progress: bool, m
         return Path(cfg.model.path)
     if sft_dir.exists():
         return sft_dir
-    with _timed(run_dir, "initial policy", None):
+    with timed(run_dir, "initial policy", None):
         seed_everything(cfg.seed)  # dropout in SFT
         if cfg.model.path is not None:
             model, tokenizer = policy_from_config(cfg.model.path, cfg.model)
@@ -163,35 +163,12 @@ def _separate_reference_logps(
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
-@contextlib.contextmanager
-def _timed(run_dir: Path, name: str, iteration: int | None, write: bool = True):
-    """Log the wall time of one stage's work (a ``time`` row in metrics.jsonl, replacing an earlier attempt's).
-
-    ``iteration`` is the 0-based iteration the stage belongs to (None: before the first one).
-    """
-    start = time.time()
-    yield
-    if write:
-        row = {"stage": "time", "name": name, "iteration": iteration, "seconds": round(time.time() - start, 3)}
-        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "time" and (r["name"], r["iteration"]) == (name, iteration),
-                      [row])
-
-
-def stage_seconds(run_dir: Path) -> dict[str, float]:
-    """Wall seconds per stage, summed over iterations and over the invocations that did the work."""
-    totals: dict[str, float] = {}
-    for row in read_jsonl(run_dir / METRICS) if (run_dir / METRICS).exists() else []:
-        if row.get("stage") == "time":
-            totals[row["name"]] = round(totals.get(row["name"], 0.0) + row["seconds"], 3)
-    return totals
-
-
 def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
               metrics: MetricsLog, progress: bool, device: torch.device) -> dict:
     """Greedy held-out evaluation of one policy on ``device``: ``out`` (JSON) and its responses beside it (JSON lines)."""
     if out.exists():
         return json.loads(out.read_text())
-    with _timed(run_dir, "greedy evaluation", policy - 1 if policy else None):  # after iteration policy - 1
+    with timed(run_dir, "greedy evaluation", policy - 1 if policy else None):  # after iteration policy - 1
         model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
         scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
                              cfg.eval.batch_size, progress)
@@ -205,7 +182,7 @@ def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
     """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
     if out.exists():
         return json.loads(out.read_text())
-    with _timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
+    with timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
         model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
         baseline = policy_from_config(baseline_dir, cfg.model, device=device) if baseline_dir is not None else None
         result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples,
@@ -213,22 +190,6 @@ def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
                                 progress=progress)
     write_json_atomic(out, result)
     return result
-
-
-def paired_difference(initial: dict, final: dict, field: str) -> dict:
-    """final − initial on the same held-out prompts: the mean of the per-prompt differences and its
-    95% (paired) bootstrap interval over prompts."""
-    diffs = [b - a for a, b in zip(initial["per_prompt"][field], final["per_prompt"][field], strict=True)]
-    mean, low, high = bootstrap_ci(diffs)
-    return {"mean": mean, "low": low, "high": high, "n_prompts": len(diffs)}
-
-
-def retriever_brief(result: dict) -> dict:
-    """The headline retriever metrics at the first evaluation temperature: pass@k per k, NDCG, MRR."""
-    block = next(iter(result["sampled"].values()))
-    brief = {f"pass@{k}": v["mean"] for k, v in block["pass_at_k"].items()}
-    brief.update(temperature=block["temperature"], ndcg=block["ranking"]["ndcg"]["mean"], mrr=block["ranking"]["mrr"]["mean"])
-    return brief
 
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -294,17 +255,17 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
             seed_everything(stage_seed(cfg.seed, s))  # LoRA's initialisation draws from the global generators
             model, tokenizer = policy_from_config(policy_dir, cfg.model, train=True, device=device)  # LoRA, checkpointing
             if not (d / "candidates.jsonl").exists():
-                with _timed(run_dir, "sampling and scoring", s, write=main):
+                with timed(run_dir, "sampling and scoring", s, write=main):
                     candidates = sample_and_score(model, tokenizer, pool, reranker, cfg, s, accelerator, progress)
                     if main:
                         save_candidates(run_dir, s, candidates)
                     accelerator.wait_for_everyone()
-            with _timed(run_dir, "lists", s, write=main):
+            with timed(run_dir, "lists", s, write=main):
                 lists = _lists_stage(model, tokenizer, pool, reranker, cfg, run_dir, s, accelerator, progress)
                 encoded = _encode(run_dir, s, tokenizer, lists, main)
             if main:
                 rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "train" and r.get("iteration") == s)
-            with _timed(run_dir, "training", s, write=main):  # the reference pass included
+            with timed(run_dir, "training", s, write=main):  # the reference pass included
                 train_phase(
                     model, tokenizer, encoded, cfg.train, accelerator, seed=stage_seed(cfg.seed, s),
                     metrics_path=metrics, tag={"stage": "train", "iteration": s}, progress=progress,

@@ -128,3 +128,11 @@ def bootstrap_ci(per_prompt_values: Sequence[float], n_resamples: int = 1000, se
                     vectorized=True, rng=np.random.default_rng(seed))
     low, high = float(res.confidence_interval.low), float(res.confidence_interval.high)
     return mean, min(low, mean), max(high, mean)
+
+
+def paired_difference(initial: dict, final: dict, field: str) -> dict:
+    """final − initial on the same held-out prompts: the mean of the per-prompt differences and its
+    95% (paired) bootstrap interval over prompts."""
+    diffs = [b - a for a, b in zip(initial["per_prompt"][field], final["per_prompt"][field], strict=True)]
+    mean, low, high = bootstrap_ci(diffs)
+    return {"mean": mean, "low": low, "high": high, "n_prompts": len(diffs)}

@@ -86,6 +86,17 @@ def build_tiny_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase, seed:
 
 
 @contextlib.contextmanager
+def evaluating(model: torch.nn.Module):
+    """Inside the block ``model`` is in eval mode (dropout off); its own mode is restored after, also on an error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
 def _peft_quietly():
     """peft 0.21 reads ``is_gradient_checkpointing``, which transformers 5.24 deprecates: not the user's to fix."""
     with warnings.catch_warnings():

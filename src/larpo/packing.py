@@ -31,23 +31,39 @@ def packing_is_exact(config: PretrainedConfig) -> bool:
     return getattr(config, "_attn_implementation", None) == "sdpa" and windowless
 
 
+def head_dim(config: PretrainedConfig) -> int:
+    """The attention head dimension of a (text) model config."""
+    return getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+
+
+def flops_per_position(config: PretrainedConfig) -> float:
+    """Matmul FLOPs of one position in one decoder layer: 2 per weight of the query, key, value and output
+    projections (grouped-query attention's smaller key and value ones) and of a gated MLP."""
+    h, d = config.hidden_size, head_dim(config)
+    q, kv = config.num_attention_heads * d, (getattr(config, "num_key_value_heads", None) or config.num_attention_heads) * d
+    return 2 * (h * q + 2 * h * kv + q * h + 3 * h * (getattr(config, "intermediate_size", None) or 4 * h))
+
+
+def flops_per_pair(config: PretrainedConfig) -> float:
+    """FLOPs of one attended (query, key) pair in one layer: 4 per query-head dimension (score and weighted sum)."""
+    return 4 * config.num_attention_heads * head_dim(config)
+
+
 def layout_costs(config: PretrainedConfig, lists: Lists) -> dict[str, float]:
     """Estimated FLOPs per layer of the three layouts of one forward pass over ``lists``.
 
     ``packed`` (:func:`pack_lists`, attention as :mod:`larpo.segment_attention` runs it: causal
     over each prompt and its first response, each later response against its prompt and itself);
     ``shared`` (a prompt pass of B left-padded prompts, then one row per response reading its
-    prompt's cache); ``pairs`` (one right-padded row per (prompt, response)). Per position, the
-    layer's matmuls, 2 × (4h² + 3h·I) (a dense-MLP estimate); per attended (query, key) pair, 4h
-    (masked pairs cost as much as attended ones; a causal call without a mask skips the ones above
-    the diagonal). Where it is exact, ``packed`` is the cheapest: no padding, no masked pairs
-    across responses.
+    prompt's cache); ``pairs`` (one right-padded row per (prompt, response)). Per position,
+    :func:`flops_per_position`; per attended (query, key) pair, :func:`flops_per_pair` (masked pairs
+    cost as much as attended ones; a causal call without a mask skips the ones above the diagonal).
+    Where it is exact, ``packed`` is the cheapest: no padding, no masked pairs across responses.
     """
-    h = config.hidden_size
-    per_position = 2 * (4 * h * h + 3 * h * (getattr(config, "intermediate_size", None) or 4 * h))
+    per_position, per_pair = flops_per_position(config), flops_per_pair(config)
 
     def attention(queries: float, keys: float) -> float:
-        return 4 * h * queries * keys
+        return per_pair * queries * keys
 
     def cost(rows: int, queries: int, keys: int) -> float:
         return rows * (queries * per_position + attention(queries, keys))
@@ -71,7 +87,7 @@ def pack_lists(lists: Lists, multiple_of: int = 1) -> dict:
     Returns ``input_ids`` and ``position_ids`` [1, T] long (T = Σ segment lengths, plus ``padding``
     positions up to a multiple of ``multiple_of``: token 0 at position 0, never read); the row's
     structure as Python values (no device round trip to read it): ``prompt_lengths`` (S ints, each
-    list's prompt), ``list_sizes`` (S ints, its responses), ``response_inputs`` (N ints, the
+    list's prompt), ``list_sizes`` (S ints, its responses), ``response_positions`` (N ints, the
     positions each response takes: its length − 1), responses numbered list by list, and
     ``padding`` (an int); and for the M = Σ len(response) predicted tokens, in order of the
     responses and of their tokens: ``select`` [M] long, the position (index into the T) whose
@@ -98,7 +114,7 @@ def pack_lists(lists: Lists, multiple_of: int = 1) -> dict:
     as_tensor = functools.partial(torch.tensor, dtype=torch.long)
     return {"input_ids": as_tensor([ids + [0] * padding]), "position_ids": as_tensor([positions + [0] * padding]),
             "prompt_lengths": [len(p) for p, _ in lists], "list_sizes": [len(rs) for _, rs in lists],
-            "response_inputs": [len(r) - 1 for _, rs in lists for r in rs], "padding": padding,
+            "response_positions": [len(r) - 1 for _, rs in lists for r in rs], "padding": padding,
             "select": as_tensor(select), "targets": as_tensor(targets),
             "token_mask": torch.arange(int(lengths.max()))[None, :] < lengths[:, None]}
 

@@ -19,7 +19,8 @@ from transformers import (DynamicCache, LogitsProcessor, LogitsProcessorList, Pr
 from transformers.cache_utils import DynamicLayer
 
 from .encoding import encode_prompt, pad_id
-from .logprobs import base_model, cache_argument, forward_accepts, left_padded_positions
+from .logprobs import base_model, cache_argument, forward_accepts, left_pad, left_padded_positions
+from .models import evaluating
 from .versions import internals_tested
 
 
@@ -44,14 +45,6 @@ def split_at_eos(tokenizer: PreTrainedTokenizerBase, ids: list[int]) -> Sample:
     return Sample(tokenizer.decode(ids, skip_special_tokens=True), tuple(ids), finished)
 
 
-def _left_pad(rows: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad token id lists into ``input_ids`` [B, T] and ``attention_mask`` [B, T] (1 = real token)."""
-    width = max(len(r) for r in rows)
-    input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], dtype=torch.long)
-    attention_mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], dtype=torch.long)
-    return input_ids, attention_mask
-
-
 def _generate_k(
     model: PreTrainedModel, input_ids: torch.Tensor, attention_mask: torch.Tensor, k: int, max_new_tokens: int,
     **generate_kwargs,
@@ -63,13 +56,13 @@ def _generate_k(
     the positions ``generate`` would give them; the key/value cache is repeated k times and
     ``generate`` continues from it on the k-times repeated ids, so its own prefill is the last
     prompt token alone. Sampling itself is ``generate``'s, with the same random draws in the same
-    order as ``num_return_sequences=k`` (unless ``generate_kwargs`` bring a :class:`_Draw`). On a
+    order as ``num_return_sequences=k`` (unless ``generate_kwargs`` bring a :class:`_InverseCdfSampler`). On a
     CPU, on a transformers release :class:`_PreallocatedLayer` was tested with (:mod:`larpo.versions`),
     the cache's full-attention layers keep room for the whole sequence, so a decoding step writes its
     keys and values in place; on a GPU, where a copy of the cache costs less than the extra operations
     of writing in place, and on any other release, they are transformers' own, which concatenate.
     """
-    cached = {}
+    prefilled = {}  # generate's cache argument, when the prompts were prefilled here
     if input_ids.shape[1] > 1:
         cache = DynamicCache(config=base_model(model).config)
         if input_ids.device.type in PREALLOCATED_CACHE_DEVICES and internals_tested("transformers"):
@@ -82,14 +75,14 @@ def _generate_k(
             **{cache_argument(model): cache},
         )
         cache.batch_repeat_interleave(k)
-        cached[cache_argument(model)] = cache
+        prefilled[cache_argument(model)] = cache
     return model.generate(
         input_ids=input_ids.repeat_interleave(k, dim=0), attention_mask=attention_mask.repeat_interleave(k, dim=0),
-        num_return_sequences=1, max_new_tokens=max_new_tokens, **cached, **generate_kwargs,
+        num_return_sequences=1, max_new_tokens=max_new_tokens, **prefilled, **generate_kwargs,
     )
 
 
-class _Draw(LogitsProcessor):
+class _InverseCdfSampler(LogitsProcessor):
     """Samples each row's next token itself and leaves ``generate`` only that token to pick greedily.
 
     The scores [B, V] go through transformers' temperature and (when ``top_p`` < 1) nucleus
@@ -134,10 +127,10 @@ class _PreallocatedLayer(DynamicLayer):
         n, t = self.get_seq_length(), key_states.shape[-2]
         if n + t > self.capacity:
             return super().update(key_states, value_states, *args, **kwargs)
-        held = self._buffers is not None and all(
+        in_buffers = self._buffers is not None and all(
             view.data_ptr() == buffer.data_ptr() and view.shape[:-2] == buffer.shape[:-2]
             for view, buffer in zip((self.keys, self.values), self._buffers))
-        if not held:
+        if not in_buffers:
             self._buffers = tuple(new.new_empty(*new.shape[:-2], self.capacity, new.shape[-1])
                                   for new in (key_states, value_states))
             if n:
@@ -169,7 +162,7 @@ def generate(
 
     ``temperature == 0`` is greedy decoding (then ``k`` must be 1); otherwise responses are sampled
     at ``temperature`` with nucleus ``top_p`` and no top-k cut, each token drawn by ``generate``
-    (``draw="multinomial"``) or by :class:`_Draw` (``"inverse_cdf"``: the same distribution from
+    (``draw="multinomial"``) or by :class:`_InverseCdfSampler` (``"inverse_cdf"``: the same distribution from
     other random numbers, faster at large vocabularies). Each response stops at EOS or after
     ``max_new_tokens`` tokens. The same ``seed`` gives the same responses; the global RNG is left
     untouched. The model's train/eval mode is restored afterwards.
@@ -182,28 +175,22 @@ def generate(
         raise ValueError(f"draw: got {draw!r}, expected 'multinomial' or 'inverse_cdf'")
     if temperature == 0:
         decoding = {"do_sample": False}
-    elif draw == "inverse_cdf":  # greedy on the one token _Draw leaves
-        decoding = {"do_sample": False, "logits_processor": LogitsProcessorList([_Draw(temperature, top_p)])}
+    elif draw == "inverse_cdf":  # greedy on the one token _InverseCdfSampler leaves
+        decoding = {"do_sample": False, "logits_processor": LogitsProcessorList([_InverseCdfSampler(temperature, top_p)])}
     else:
         decoding = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     pad = pad_id(tokenizer)
-    was_training = model.training
-    model.eval()
     responses: list[list[Sample]] = []
-    try:
-        device = model.device
-        with torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
-            torch.manual_seed(seed)
-            starts = range(0, len(prompts), batch_size)
-            for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
-                rows = [encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]]
-                input_ids, attention_mask = _left_pad(rows, pad)
-                out = _generate_k(
-                    model, input_ids.to(device), attention_mask.to(device), k, max_new_tokens,
-                    eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **decoding,
-                )  # [b * k, T + new], the k samples of a prompt adjacent
-                samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
-                responses.extend(samples[i : i + k] for i in range(0, len(samples), k))
-    finally:
-        model.train(was_training)
+    device = model.device
+    with evaluating(model), torch.random.fork_rng(devices=[] if device.type == "cpu" else [device], device_type=device.type):
+        torch.manual_seed(seed)
+        starts = range(0, len(prompts), batch_size)
+        for start in tqdm(starts, desc=desc, unit="batch", disable=not progress):
+            input_ids, attention_mask = left_pad([encode_prompt(tokenizer, p) for p in prompts[start : start + batch_size]], pad)
+            out = _generate_k(
+                model, input_ids.to(device), attention_mask.to(device), k, max_new_tokens,
+                eos_token_id=tokenizer.eos_token_id, pad_token_id=pad, **decoding,
+            )  # [b * k, T + new], the k samples of a prompt adjacent
+            samples = [split_at_eos(tokenizer, ids) for ids in out[:, input_ids.shape[1] :].tolist()]
+            responses.extend(samples[i : i + k] for i in range(0, len(samples), k))
     return responses

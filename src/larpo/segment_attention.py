@@ -46,42 +46,47 @@ def uses_flex(device: torch.device, head_dim: int) -> bool:
 
 class Segments:
     """One packed row's structure (:func:`larpo.packing.pack_lists`): ``prompt_lengths`` (S ints),
-    ``response_inputs`` (N ints, the positions of each response, list by list), ``list_sizes``
+    ``response_positions`` (N ints, the positions of each response, list by list), ``list_sizes``
     (S ints, responses per list) and ``padding`` (positions after the last list, for FlexAttention).
-    Builds the masks of either computation once per dtype and device, and counts the attention
-    calls that used it (``calls``), so a caller can check that the model's attention went through
-    :func:`segment_sdpa`."""
+    ``lengths`` holds, per list, its prompt's length and its responses' positions; ``pieces`` the
+    row's pieces in order (each list's prompt, then its responses). Builds the masks of either
+    computation once per dtype and device, and counts the attention calls that used it (``calls``),
+    so a caller can check that the model's attention went through :func:`segment_sdpa`."""
 
-    def __init__(self, prompt_lengths: Sequence[int], response_inputs: Sequence[int], list_sizes: Sequence[int],
+    def __init__(self, prompt_lengths: Sequence[int], response_positions: Sequence[int], list_sizes: Sequence[int],
                  padding: int = 0):
-        self.lists: list[tuple[int, list[int]]] = []
+        self.lengths: list[tuple[int, list[int]]] = []
         start = 0
         for prompt, m in zip(prompt_lengths, list_sizes):
-            self.lists.append((prompt, list(response_inputs[start : start + m])))
+            self.lengths.append((prompt, list(response_positions[start : start + m])))
             start += m
         self.padding = padding
-        self.pieces = [n for prompt, responses in self.lists for n in (prompt, *responses)]  # the lists' pieces, in order
+        self.pieces = [n for prompt, responses in self.lengths for n in (prompt, *responses)]
         self.calls = 0
-        self._masks: dict[tuple[torch.dtype, torch.device], list[torch.Tensor]] = {}
+        self._masks: dict[tuple[torch.dtype, torch.device], dict[int, torch.Tensor]] = {}
         self._block_masks: dict[torch.device, BlockMask] = {}
 
-    def masks(self, dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-        """Additive masks [1, 1, R, P + R], one per later response with R > 0 positions (in row order):
-        0 where its query sees the key (all P prompt keys, its own earlier positions), −inf elsewhere."""
+    def masks(self, dtype: torch.dtype, device: torch.device) -> dict[int, torch.Tensor]:
+        """Additive masks [1, 1, R, P + R] of the later responses with R > 0 positions, by their index in
+        ``pieces``: 0 where a query sees the key (all P prompt keys, its own earlier positions), −inf elsewhere."""
         if (dtype, device) not in self._masks:
-            self._masks[dtype, device] = [
-                torch.zeros(r, prompt + r, dtype=dtype, device=device)
-                .masked_fill_(torch.ones(r, prompt + r, dtype=torch.bool, device=device).triu(prompt + 1), float("-inf"))[None, None]
-                for prompt, responses in self.lists for r in responses[1:] if r]
+            masks, i = {}, 0
+            for prompt, responses in self.lengths:
+                for j, r in enumerate(responses[1:], start=i + 2):
+                    if r:
+                        masks[j] = torch.zeros(r, prompt + r, dtype=dtype, device=device).masked_fill_(
+                            torch.ones(r, prompt + r, dtype=torch.bool, device=device).triu(prompt + 1), float("-inf"))[None, None]
+                i += 1 + len(responses)
+            self._masks[dtype, device] = masks
         return self._masks[dtype, device]
 
     def block_mask(self, device: torch.device) -> BlockMask:
         """FlexAttention's mask of the whole row [T, T]: query q sees key k ≤ q of the same list (or of
         the padding) whose piece is the list's prompt or q's own response."""
         if device not in self._block_masks:
-            kinds = [(s, j) for s, (_, responses) in enumerate(self.lists) for j in range(1 + len(responses))]
+            kinds = [(s, j) for s, (_, responses) in enumerate(self.lengths) for j in range(1 + len(responses))]
             lengths = torch.tensor([*self.pieces, self.padding])
-            owner = torch.tensor([s for s, _ in kinds] + [len(self.lists)])  # each piece's list; the padding its own
+            owner = torch.tensor([s for s, _ in kinds] + [len(self.lengths)])  # each piece's list; the padding its own
             piece = torch.tensor([i if j else -1 for i, (_, j) in enumerate(kinds)] + [-1])  # -1: a prompt, the padding
             doc, piece = (to_device(t.repeat_interleave(lengths), device) for t in (owner, piece))
             n = len(doc)
@@ -159,19 +164,19 @@ def _piece_by_piece(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
     """SDPA list by list: query, key and value [1, H, T, D] (keys repeated for every query head) → [1, H, T, D]."""
     pieces = [*segments.pieces, segments.padding]
     qs, ks, vs = query.split(pieces, 2), key.split(pieces, 2), value.split(pieces, 2)
-    masks = iter(segments.masks(query.dtype, query.device))
+    masks = segments.masks(query.dtype, query.device)
 
     def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout, is_causal=mask is None,
                                               scale=scaling)
 
     out, i = [], 0
-    for _, responses in segments.lists:
+    for _, responses in segments.lengths:
         first = slice(i, i + 2)  # the prompt and its first response: plain causal attention
         out.append(attend(torch.cat(qs[first], 2), torch.cat(ks[first], 2), torch.cat(vs[first], 2)))
         for j in range(i + 2, i + 1 + len(responses)):
             if pieces[j]:
-                out.append(attend(qs[j], torch.cat([ks[i], ks[j]], 2), torch.cat([vs[i], vs[j]], 2), next(masks)))
+                out.append(attend(qs[j], torch.cat([ks[i], ks[j]], 2), torch.cat([vs[i], vs[j]], 2), masks[j]))
         i += 1 + len(responses)
     if segments.padding:
         out.append(attend(qs[-1], ks[-1], vs[-1]))

@@ -9,12 +9,10 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from scipy import stats
 
-if TYPE_CHECKING:
-    from .sweep import Grid
+from .sweep_grid import Grid
 
 
 def _lookup(summary: dict, dotted: str) -> float:

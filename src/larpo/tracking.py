@@ -15,14 +15,15 @@ keeps locally go under ``<run>/tracker/``. Only the main process logs. A tracker
 - the config, one hyperparameter per ``section.field``.
 
 A resumed run logs on from where its killed attempt's ``metrics.jsonl`` ends (TensorBoard reads
-the two attempts' event files in one directory as one run). The per-stage wall times and
-truncation counts stay in ``metrics.jsonl`` only.
+the two attempts' event files in one directory as one run). The per-stage wall times
+(:func:`timed`, summed by :func:`stage_seconds`) and truncation counts stay in ``metrics.jsonl`` only.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -132,3 +133,26 @@ def tracked(cfg: Config, run_dir: Path, accelerator: Accelerator,
     finally:
         for tracker in accelerator.trackers:
             tracker.finish()
+
+
+@contextlib.contextmanager
+def timed(run_dir: Path, name: str, iteration: int | None, write: bool = True):
+    """Log the wall time of one stage's work (a ``time`` row in metrics.jsonl, replacing an earlier attempt's).
+
+    ``iteration`` is the 0-based iteration the stage belongs to (None: before the first one).
+    """
+    start = time.time()
+    yield
+    if write:
+        row = {"stage": "time", "name": name, "iteration": iteration, "seconds": round(time.time() - start, 3)}
+        rewrite_jsonl(run_dir / METRICS, lambda r: r.get("stage") == "time" and (r["name"], r["iteration"]) == (name, iteration),
+                      [row])
+
+
+def stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Wall seconds per stage, summed over iterations and over the invocations that did the work."""
+    totals: dict[str, float] = {}
+    for row in read_jsonl(run_dir / METRICS) if (run_dir / METRICS).exists() else []:
+        if row.get("stage") == "time":
+            totals[row["name"]] = round(totals.get(row["name"], 0.0) + row["seconds"], 3)
+    return totals

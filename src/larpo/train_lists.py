@@ -41,7 +41,7 @@ from .config import Config, ConfigError, TrainConfig
 from .encoding import length_limits, pad_id
 from .evaluate import eval_headline, greedy_eval, save_greedy_eval
 from .io import TMP_PREFIX, remove_stale_temporaries, write_json_atomic, write_text_atomic
-from .listdata import Fields, check_tokenizer, lists_digest, read_lists
+from .listdata import Fields, ListReport, check_tokenizer, lists_digest, read_lists
 from .lists import RankedList, list_sizes
 from .models import adapter_base, check_local_model_dir, is_adapter_dir, load_tokenizer, policy_from_config
 from .runlock import HOLDER, LOCK, run_dir_lock
@@ -181,6 +181,38 @@ def format_evaluation(initial: dict, final: dict) -> str:
     return "\n".join(lines + [f"{initial['n_prompts']} held-out prompts"])
 
 
+def _load_lists(cfg: Config, data: str | Path, fields: Fields, split: str | None, drop_bad_rows: bool, strict: bool,
+                log: Callable[[str], None]) -> tuple[list[RankedList], ListReport]:
+    """The lists of ``data``, cut by ``lists.strategy`` with the sizes for ``train.loss``, and their report
+    (logged); a ConfigError when none is left or the model's tokenizer cannot encode them."""
+    top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
+    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows, strict)
+    log(f"[larpo] {report.summary()}")
+    for line in report.dropped_rows[:3]:
+        log(f"[larpo]   dropped {line}")
+    if not lists:
+        raise ConfigError(f"DATA {data}: no list left to train on ({report.summary()})")
+    check_tokenizer(lists, _check_model(cfg))
+    return lists, report
+
+
+def _train(cfg: Config, lists: list[RankedList], report: ListReport, out: Path, accelerator: Accelerator,
+           metrics: MetricsLog, progress: bool, log: Callable[[str], None]) -> dict:
+    """Train ``model.path`` on ``lists`` and save the policy to ``out``; the summary of what was trained."""
+    seed = stage_seed(cfg.seed, 0)  # as the loop's first iteration: LoRA's initialisation, list order
+    seed_everything(seed)
+    model, tokenizer = policy_from_config(cfg.model.path, cfg.model, train=True)  # LoRA, checkpointing, dtype
+    result = train_on_lists(model, tokenizer, lists, cfg.train, seed=seed, accelerator=accelerator,
+                            metrics_path=metrics, tag={"stage": "train"}, save_to=out / POLICY, progress=progress)
+    limits = length_limits(tokenizer)
+    log(f"[larpo] trained {result.steps} steps ({cfg.train.loss}, {len(lists)} lists × {cfg.train.epochs} "
+        f"epoch(s)): loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}; policy in {out / POLICY}")
+    return {"data": report.summary(), "lists": len(lists), "steps": result.steps, "epochs": cfg.train.epochs,
+            "first_loss": result.losses[0], "last_loss": result.losses[-1], "policy": str(out / POLICY),
+            "truncated_prompt_encodings": limits.truncated_prompts,
+            "truncated_response_encodings": limits.truncated_responses}
+
+
 def run_train_lists(
     cfg: Config,
     data: str | Path,
@@ -206,15 +238,7 @@ def run_train_lists(
     accelerator = make_accelerator(cfg.train, trackers=cfg.trackers, tracker_dir=out / TRACKER_DIR)
     main = accelerator.is_main_process
     log = log if main else (lambda _: None)
-
-    top, bottom = list_sizes(cfg.train.loss, cfg.lists.top, cfg.lists.bottom)
-    lists, report = read_lists(data, fields, split, cfg.lists.strategy, top, bottom, drop_bad_rows, strict)
-    log(f"[larpo] {report.summary()}")
-    for line in report.dropped_rows[:3]:
-        log(f"[larpo]   dropped {line}")
-    if not lists:
-        raise ConfigError(f"DATA {data}: no list left to train on ({report.summary()})")
-    check_tokenizer(lists, _check_model(cfg))
+    lists, report = _load_lists(cfg, data, fields, split, drop_bad_rows, strict, log)
     task, held_out = _held_out(cfg) if evaluate else (None, [])
     config_text = config_mod.dump(cfg)
     record = {**report.to_dict(), "lists_sha256": lists_digest(lists)}
@@ -231,22 +255,10 @@ def run_train_lists(
                 log(f"[larpo]   every dropped row: {out / REPORT}")
         accelerator.wait_for_everyone()
         with tracked(cfg, out, accelerator, log) as metrics:
-            if main and evaluate:
-                initial = _evaluate(cfg.model.path, task, held_out, cfg, out / EVAL_INITIAL, 0, accelerator, metrics, progress)
+            initial = (_evaluate(cfg.model.path, task, held_out, cfg, out / EVAL_INITIAL, 0, accelerator, metrics, progress)
+                       if main and evaluate else None)
             accelerator.wait_for_everyone()
-            seed = stage_seed(cfg.seed, 0)  # as the loop's first iteration: LoRA's initialisation, list order
-            seed_everything(seed)
-            model, tokenizer = policy_from_config(cfg.model.path, cfg.model, train=True)  # LoRA, checkpointing, dtype
-            result = train_on_lists(model, tokenizer, lists, cfg.train, seed=seed, accelerator=accelerator,
-                                    metrics_path=metrics, tag={"stage": "train"}, save_to=out / POLICY,
-                                    progress=progress)
-            limits = length_limits(tokenizer)
-            summary = {"data": report.summary(), "lists": len(lists), "steps": result.steps, "epochs": cfg.train.epochs,
-                       "first_loss": result.losses[0], "last_loss": result.losses[-1], "policy": str(out / POLICY),
-                       "truncated_prompt_encodings": limits.truncated_prompts,
-                       "truncated_response_encodings": limits.truncated_responses}
-            log(f"[larpo] trained {result.steps} steps ({cfg.train.loss}, {len(lists)} lists × {cfg.train.epochs} "
-                f"epoch(s)): loss {result.losses[0]:.4f} → {result.losses[-1]:.4f}; policy in {out / POLICY}")
+            summary = _train(cfg, lists, report, out, accelerator, metrics, progress, log)
             if main:
                 if evaluate:
                     final = _evaluate(out / POLICY, task, held_out, cfg, out / EVAL_FINAL, 1, accelerator, metrics, progress)

@@ -29,7 +29,7 @@ from .encoding import encode_prompt, encode_response, pad_id
 from .lists import RankedList
 from .logprobs import list_logps
 from .losses import get_loss
-from .models import save_policy
+from .models import evaluating, save_policy
 from .parallel import gather_merged, my_share, sum_over_processes
 from .seeding import seed_everything
 from .tracking import MetricsLog, check_trackers, metrics_log
@@ -125,16 +125,13 @@ def reference_logps(
         if not batches or sum(len(encoded[j].response_ids) for j in batches[-1]) + len(encoded[i].response_ids) > batch_size:
             batches.append([])
         batches[-1].append(i)
-    was_training = model.training
-    model.eval()
     flats = []  # on the device until the end: one wait for it, not one per batch
     bar = tqdm(total=len(mine), desc="reference log-probs", disable=not (progress and accelerator.is_main_process))
-    with torch.no_grad(), accelerator.autocast():
+    with evaluating(model), torch.no_grad(), accelerator.autocast():
         for ids in batches:
             flats.append(policy_logps(model, [encoded[i] for i in ids], pad, accelerator.device, shared_prompt).float())
             bar.update(len(ids))
     bar.close()
-    model.train(was_training)
     flat = torch.cat(flats).cpu() if flats else torch.zeros(0)
     local = dict(zip(mine, flat.split([len(encoded[i].response_ids) for i in mine])))
     merged = gather_merged(local, accelerator)
@@ -179,17 +176,25 @@ def pair_statistics(gamma: torch.Tensor, mask: torch.Tensor, rewards: torch.Tens
 
 def policy_logps(
     model: nn.Module, batch: Sequence[EncodedList], pad: int, device: torch.device, shared_prompt: bool,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """log π of every response of a micro-batch of lists, flat [Σ m], list by list (:func:`larpo.logprobs.list_logps`).
 
     ``shared_prompt`` runs each list's prompt once for its m responses (packed one after another with
     them, or as a key/value cache they read), with or without activation checkpointing; otherwise
-    every (prompt, response) pair is a sequence of its own. ``reduce`` (a sum over processes) makes
-    every process choose the same layout (:func:`larpo.logprobs.choose_layout`).
+    every (prompt, response) pair is a sequence of its own. ``sum_over_processes`` makes every
+    process choose the same layout (:func:`larpo.logprobs.choose_layout`).
     """
     return list_logps(model, [(el.prompt_ids, el.response_ids) for el in batch], pad, device, shared_prompt,
-                      reduce=reduce)
+                      sum_over_processes=sum_over_processes)
+
+
+def _save(accelerator: Accelerator, wrapped: nn.Module, tokenizer: PreTrainedTokenizerBase, directory: str | Path) -> None:
+    """The trained policy saved from its full state dict, which every process gathers (a collective under
+    FSDP and ZeRO-3) and the main process writes."""
+    state_dict = accelerator.get_state_dict(wrapped)
+    if accelerator.is_main_process:
+        save_policy(accelerator.unwrap_model(wrapped), tokenizer, directory, state_dict=state_dict)
 
 
 def _release(accelerator: Accelerator, model: nn.Module, wrapped: nn.Module) -> None:
@@ -226,11 +231,11 @@ def _list_losses(
     cfg: TrainConfig,
     pad: int,
     device: torch.device,
-    reduce: Callable[[torch.Tensor], torch.Tensor] | None,
+    sum_over_processes: Callable[[torch.Tensor], torch.Tensor] | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-list losses [b] and pair statistics [3] for a micro-batch of lists."""
     sizes = [len(el.response_ids) for el in batch]
-    policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt, reduce), sizes)
+    policy, mask = _to_matrix(policy_logps(model, batch, pad, device, cfg.shared_prompt, sum_over_processes), sizes)
     reference, _ = _to_matrix(to_device(torch.cat(list(ref)), device), sizes)
     rewards, _ = _to_matrix(to_device(torch.tensor([r for el in batch for r in el.rewards], dtype=torch.float32), device), sizes)
     gamma = cfg.beta * (policy - reference)
@@ -238,16 +243,9 @@ def _list_losses(
 
 
 def train_phase(
-    model: nn.Module,
-    tokenizer: PreTrainedTokenizerBase,
-    lists: Sequence[RankedList] | Sequence[EncodedList],
-    cfg: TrainConfig,
-    accelerator: Accelerator,
-    seed: int = 0,
-    metrics_path: str | Path | MetricsLog | None = None,
-    tag: dict | None = None,
-    ref_logps: Sequence[torch.Tensor] | None = None,
-    progress: bool = True,
+    model: nn.Module, tokenizer: PreTrainedTokenizerBase, lists: Sequence[RankedList] | Sequence[EncodedList],
+    cfg: TrainConfig, accelerator: Accelerator, seed: int = 0, metrics_path: str | Path | MetricsLog | None = None,
+    tag: dict | None = None, ref_logps: Sequence[torch.Tensor] | None = None, progress: bool = True,
     save_to: str | Path | None = None,
 ) -> PhaseResult:
     """Train ``model`` in place on ``lists`` for ``cfg.epochs`` epochs; return the step losses.
@@ -275,73 +273,100 @@ def train_phase(
         model.to(accelerator.device)
         if ref_logps is None:
             ref_logps = reference_logps(model, encoded, pad, cfg.ref_batch_size, accelerator, progress, cfg.shared_prompt)
-        loss_fn = get_loss(cfg.loss)
-        if cfg.loss == "lambdarank":
-            loss_fn = functools.partial(loss_fn, weighting=cfg.weighting)
-
-        lengths = [list_tokens(el) for el in encoded]
-        steps_per_epoch = math.ceil(len(encoded) / cfg.batch_size)
-        total_steps = steps_per_epoch * cfg.epochs
+        total_steps = math.ceil(len(encoded) / cfg.batch_size) * cfg.epochs
         optimizer = adamw(model, cfg.lr, cfg.weight_decay)
         scheduler = get_cosine_schedule_with_warmup(optimizer, round(cfg.warmup_ratio * total_steps), total_steps)
         wrapped, optimizer = accelerator.prepare(model, optimizer)
         wrapped.train()
-        rank, world, device = accelerator.process_index, accelerator.num_processes, accelerator.device
+        step = _Step(wrapped, encoded, ref_logps, cfg, accelerator, pad)
+        main = accelerator.is_main_process
+        log = _StepLog(tag, metrics_path if main else None, tqdm(total=total_steps, desc="train", disable=not (progress and main)))
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else math.inf
-        reduce = sum_over_processes(accelerator)
-
-        losses: list[float] = []
-        metrics: list[dict] = []
-        bar = tqdm(total=total_steps, desc="train", disable=not (progress and accelerator.is_main_process))
-
-        def record(totals: torch.Tensor, grad_norm, lists: int, lr: float, epoch: int) -> None:
-            """A step's metrics row, read from the device, logged and written."""
-            metrics.append(_step_row(totals, grad_norm, lists, lr, {**(tag or {}), "epoch": epoch, "step": len(metrics) + 1}))
-            losses.append(metrics[-1]["loss"])
-            if metrics_path is not None and accelerator.is_main_process:
-                metrics_log(metrics_path).write(metrics[-1])
-            bar.set_postfix(loss=f"{losses[-1]:.4f}")
-
-        pending: list[tuple] = []  # steps whose metrics are still on the device
         for epoch in range(cfg.epochs):
             order = torch.randperm(len(encoded), generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
             for start in range(0, len(order), cfg.batch_size):
                 step_ids = order[start : start + cfg.batch_size]
-                # Lists of similar length share a micro-batch (less padding); a step's mean is unchanged.
-                mine = sorted(step_ids[rank::world], key=lambda i: lengths[i])
-                n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
-                scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
-                totals = torch.zeros(4, dtype=torch.float64, device=device)  # Σ loss, correct, pairs, Σ margin
-                for micro in range(n_micro):
-                    ids = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
-                    # A process with no list left still runs a zero-weight pass so collectives stay in step.
-                    weight = 1.0 if ids else 0.0
-                    ids = ids or step_ids[:1]
-                    sync = micro == n_micro - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(wrapped), accelerator.autocast():
-                        per_list, stats = _list_losses(
-                            wrapped, [encoded[i] for i in ids], [ref_logps[i] for i in ids], loss_fn, cfg, pad, device, reduce
-                        )
-                        accelerator.backward(per_list.sum() * (scale * weight))
-                    totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
+                totals = step.forward_backward(step_ids)
                 grad_norm = accelerator.clip_grad_norm_(wrapped.parameters(), max_norm)
                 lr = scheduler.get_last_lr()[0]
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
-                pending.append((accelerator.reduce(totals, reduction="sum") if world > 1 else totals, grad_norm,
-                                len(step_ids), lr, epoch))
-                if len(pending) > 1:  # the step before this one: reading it waits for it while the device runs this one
-                    record(*pending.pop(0))
-                bar.update(1)
-        for step in pending:
-            record(*step)
-        bar.close()
+                log.add(totals, grad_norm, len(step_ids), lr, epoch)
+        log.close()
         if save_to is not None:
-            state_dict = accelerator.get_state_dict(wrapped)  # a collective under FSDP / ZeRO-3: every process
-            if accelerator.is_main_process:
-                save_policy(accelerator.unwrap_model(wrapped), tokenizer, save_to, state_dict=state_dict)
+            _save(accelerator, wrapped, tokenizer, save_to)
         accelerator.wait_for_everyone()
         _release(accelerator, model, wrapped)
         model.eval()
-        return PhaseResult(steps=len(losses), losses=losses, ref_logps=ref_logps, metrics=metrics)
+        return PhaseResult(steps=len(log.losses), losses=log.losses, ref_logps=ref_logps, metrics=log.rows)
+
+
+class _Step:
+    """The forward and backward passes of one optimizer step's lists on this process, micro-batch by micro-batch.
+
+    Lists of similar length share a micro-batch (less padding); the step's loss is the exact mean
+    over its lists however it is split into processes and micro-batches. A process left without a
+    list still runs a zero-weight pass, so that the collectives stay in step.
+    """
+
+    def __init__(self, wrapped: nn.Module, encoded: Sequence[EncodedList], ref_logps: Sequence[torch.Tensor],
+                 cfg: TrainConfig, accelerator: Accelerator, pad: int):
+        self.wrapped, self.encoded, self.ref_logps, self.cfg, self.accelerator, self.pad = (
+            wrapped, encoded, ref_logps, cfg, accelerator, pad)
+        self.lengths = [list_tokens(el) for el in encoded]
+        self.loss_fn = get_loss(cfg.loss)
+        if cfg.loss == "lambdarank":
+            self.loss_fn = functools.partial(self.loss_fn, weighting=cfg.weighting)
+        self.sum_over_processes = sum_over_processes(accelerator)
+
+    def forward_backward(self, step_ids: list[int]) -> torch.Tensor:
+        """Gradients of the step's mean loss accumulated in the model; the step's totals over all processes
+        (Σ loss, correct pairs, pairs, Σ margin: float64 [4], on the device, not yet read)."""
+        acc, cfg, world = self.accelerator, self.cfg, self.accelerator.num_processes
+        mine = sorted(step_ids[acc.process_index :: world], key=lambda i: self.lengths[i])
+        n_micro = math.ceil(math.ceil(len(step_ids) / world) / cfg.micro_batch_size)
+        scale = world / len(step_ids)  # DDP averages over processes: Σ_all losses / lists in step
+        totals = torch.zeros(4, dtype=torch.float64, device=acc.device)
+        for micro in range(n_micro):
+            ids = mine[micro * cfg.micro_batch_size : (micro + 1) * cfg.micro_batch_size]
+            weight = 1.0 if ids else 0.0
+            ids = ids or step_ids[:1]
+            last = micro == n_micro - 1
+            with contextlib.nullcontext() if last else acc.no_sync(self.wrapped), acc.autocast():
+                per_list, stats = _list_losses(self.wrapped, [self.encoded[i] for i in ids], [self.ref_logps[i] for i in ids],
+                                               self.loss_fn, cfg, self.pad, acc.device, self.sum_over_processes)
+                acc.backward(per_list.sum() * (scale * weight))
+            totals += weight * torch.cat([per_list.detach().sum().double().reshape(1), stats])
+        return acc.reduce(totals, reduction="sum") if world > 1 else totals
+
+
+class _StepLog:
+    """Each optimizer step's metrics row (:func:`_step_row`), read from the device one step late: reading a
+    step waits for it while the device runs the next one. Rows go to ``metrics_path`` (None: nowhere) and
+    the progress bar; ``rows`` and ``losses`` hold them all after :meth:`close`."""
+
+    def __init__(self, tag: dict | None, metrics_path: str | Path | MetricsLog | None, bar):
+        self.tag, self.metrics_path, self.bar = tag or {}, metrics_path, bar
+        self.rows: list[dict] = []
+        self.losses: list[float] = []
+        self._pending: list[tuple] = []  # steps whose totals are still on the device
+
+    def add(self, totals: torch.Tensor, grad_norm, lists: int, lr: float, epoch: int) -> None:
+        self._pending.append((totals, grad_norm, lists, lr, epoch))
+        if len(self._pending) > 1:
+            self._record(*self._pending.pop(0))
+        self.bar.update(1)
+
+    def close(self) -> None:
+        for step in self._pending:
+            self._record(*step)
+        self._pending.clear()
+        self.bar.close()
+
+    def _record(self, totals: torch.Tensor, grad_norm, lists: int, lr: float, epoch: int) -> None:
+        self.rows.append(_step_row(totals, grad_norm, lists, lr, {**self.tag, "epoch": epoch, "step": len(self.rows) + 1}))
+        self.losses.append(self.rows[-1]["loss"])
+        if self.metrics_path is not None:
+            metrics_log(self.metrics_path).write(self.rows[-1])
+        self.bar.set_postfix(loss=f"{self.losses[-1]:.4f}")

@@ -16,7 +16,7 @@ from __future__ import annotations
 import re
 
 from ..config import TaskConfig
-from . import SyntheticTask
+from .base import SyntheticTask
 
 _PROMPT = re.compile(r"([0-9]+)([+-])([0-9]+)=")
 INTEGER = re.compile(r"-?[0-9]+")

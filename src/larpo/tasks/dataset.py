@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..config import ConfigError, TaskConfig
-from . import Example
+from .base import Example
 from .jsonl import UserTask
 
 if TYPE_CHECKING:

@@ -31,7 +31,7 @@ from pathlib import Path
 from ..callables import call_user, load_callable
 from ..config import ConfigError, TaskConfig
 from ..io import text_lines
-from . import Example
+from .base import Example
 
 _EXPECTED = 'expected a JSON object with a string "prompt"'
 

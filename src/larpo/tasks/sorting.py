@@ -20,7 +20,7 @@ import re
 from collections import Counter
 
 from ..config import TaskConfig
-from . import SyntheticTask
+from .base import SyntheticTask
 
 _PROMPT = re.compile(r"sort ((?:[0-9]+ )*[0-9]+):")
 _NUMBERS = re.compile(r"(?:0|[1-9][0-9]*)(?: (?:0|[1-9][0-9]*))*")
