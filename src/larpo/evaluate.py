@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .encoding import encode_prompt, encode_response, length_limits, pad_id
 from .io import write_json_atomic, write_jsonl_atomic
 from .logprobs import collate_pairs, sequence_logps
-from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
+from .metrics import HEADLINES, best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .models import evaluating
 from .rerankers import Reranker
 from .sampling import Sample, generate
@@ -152,17 +152,15 @@ def retriever_eval(
     if n == 0:
         raise ValueError("retriever_eval: no prompts")
     greedy = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
-    greedy_gold = [task.reward(p, r) for p, r in zip(prompts, greedy)]
+    scores = score_responses(task, prompts, greedy)
+    greedy_gold = scores["per_prompt"]["reward"]
     result: dict = {
         "n_prompts": n,
         "settings": {"n_samples": n_samples, "temperatures": [float(t) for t in temperatures],
                      "max_new_tokens": max_new_tokens, "seed": seed, "dtype": str(model.dtype).removeprefix("torch.")},
-        "greedy": {
-            "n_prompts": n, "n_samples": 1,
-            "exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, greedy)], seed),
-            "gold_reward": _stat(greedy_gold, seed),
-            "mean_length": sum(map(len, greedy)) / n,
-        },
+        "greedy": {"n_prompts": n, "n_samples": 1, **{key: _stat(scores["per_prompt"][field], seed)
+                                                     for key, field in HEADLINES.items() if field in scores["per_prompt"]},
+                   "mean_length": scores["mean_length"]},
         "sampled": {},
     }
     for t_index, temperature in enumerate(temperatures):
@@ -255,8 +253,7 @@ def retriever_brief(result: dict) -> dict:
 def table_rows(result: dict) -> list[tuple[str, dict | float]]:
     """(metric name, stat or plain number) rows of a :func:`retriever_eval` result, for printing."""
     rows: list[tuple[str, dict | float]] = [
-        ("greedy exact accuracy", result["greedy"]["exact_accuracy"]),
-        ("greedy gold reward", result["greedy"]["gold_reward"]),
+        *((f"greedy {key.replace('_', ' ')}", result["greedy"][key]) for key in HEADLINES if key in result["greedy"]),
         ("greedy mean length", result["greedy"]["mean_length"]),
     ]
     for key, block in result["sampled"].items():
