@@ -123,3 +123,22 @@ def test_tokenizer_corpus_covers_every_character_of_prompts_and_answers():
 def test_the_task_is_selected_by_name_in_a_config():
     cfg = config_mod.load(None, ["task.name=chat_arithmetic", "task.n_train=10", "task.n_eval=5"])
     assert isinstance(build_task(cfg.task), ChatArithmeticTask)
+
+
+def test_evaluations_report_the_strict_reading_beside_the_lenient_one():
+    from larpo.evaluate import score_responses
+
+    replies = ["85", "The answer is 85.", "47 + 38 = 85", "84", " 85\n"]
+    scores = score_responses(chat_arithmetic(), [QUESTION] * len(replies), replies)
+    assert scores["per_prompt"]["correct"] == [1.0, 1.0, 1.0, 0.0, 1.0]  # lenient: the last integer is the answer
+    assert scores["per_prompt"]["strict"] == [1.0, 0.0, 0.0, 0.0, 1.0]  # strict: the reply is the number alone
+    assert scores["exact_accuracy"] == pytest.approx(4 / 5) and scores["strict_accuracy"] == pytest.approx(2 / 5)
+
+
+def test_a_task_without_a_strict_reading_reports_none():
+    from larpo.evaluate import score_responses
+    from larpo.tasks import ArithmeticTask
+
+    scores = score_responses(ArithmeticTask(TaskConfig(digits=2, n_train=20, n_eval=5)), ["37+48="] * 2, ["85", "84"])
+    assert "strict_accuracy" not in scores and set(scores["per_prompt"]) == {"correct", "reward"}
+    assert scores["exact_accuracy"] == 0.5

@@ -54,7 +54,7 @@ def small_run(tmp_path_factory):
 def test_a_run_leaves_every_promised_file(small_run):
     _, run_dir, _ = small_run
     for name in ["config.yaml", "sft/config.json", "sft/model.safetensors", "eval_sft.json", "eval_sft.responses.jsonl",
-                 "metrics.jsonl",
+                 "metrics.jsonl", "validation.json",
                  "summary.json", "report.md", "plots/heldout.png", "plots/training.png", "plots/rewards.png"]:
         assert (run_dir / name).is_file(), name
     for s in (0, 1):
@@ -73,7 +73,8 @@ def test_summary_has_the_paired_difference_the_stage_times_and_the_responses(sma
     assert summary["difference"]["exact_accuracy"] == {"mean": mean, "low": low, "high": high, "n_prompts": 40}
     assert f"[{low:+.3f}, {high:+.3f}]" in next(line for line in stdout.splitlines() if line.startswith("exact_accuracy"))
     assert set(summary["stage_seconds"]) == {"initial policy", "greedy evaluation", "sampling and scoring", "lists",
-                                             "training", "retriever evaluation (initial)", "retriever evaluation (final)"}
+                                             "training", "validation evaluation", "retriever evaluation (initial)",
+                                             "retriever evaluation (final)"}
     assert all(v > 0 for v in summary["stage_seconds"].values())
     report = (run_dir / "report.md").read_text()
     assert "## Time per stage" in report and "| training | 2 |" in report and "paired 95% bootstrap interval" in report
@@ -82,6 +83,26 @@ def test_summary_has_the_paired_difference_the_stage_times_and_the_responses(sma
         per_prompt = json.loads((run_dir / f"{evaluation}.json").read_text())["per_prompt"]
         assert len(rows) == 40 and [r["reward"] for r in rows] == per_prompt["reward"]
         assert set(rows[0]) == {"prompt_id", "prompt", "response", "reward", "correct"}
+
+
+def test_the_validation_split_is_scored_apart_from_the_held_out_prompts(small_run):
+    _, run_dir, _ = small_run
+    from larpo.metrics import paired_difference
+    from larpo.preflight import data_splits
+    from larpo.tasks import build_task
+
+    cfg = C.load(run_dir / "config.yaml")
+    sft_train, validation, pool, held_out = data_splits(build_task(cfg.task), cfg)
+    prompts = {name: {ex.prompt for ex in split} for name, split in
+               (("sft_train", sft_train), ("validation", validation), ("pool", pool), ("held_out", held_out))}
+    assert len(prompts["validation"]) == 20
+    assert not prompts["validation"] & (prompts["sft_train"] | prompts["held_out"]) and not prompts["held_out"] & prompts["pool"]
+    summary = json.loads((run_dir / "summary.json").read_text())
+    block = json.loads((run_dir / "validation.json").read_text())
+    assert summary["validation"] == block and block["initial"]["n_prompts"] == block["final"]["n_prompts"] == 20
+    last_sft = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "sft"][-1]
+    assert block["initial"]["exact_accuracy"] == last_sft["val_accuracy"]  # the policy SFT stopped with, on its prompts
+    assert block["difference"]["exact_accuracy"] == paired_difference(block["initial"], block["final"], "correct")
 
 
 def test_summary_has_finite_sft_and_final_blocks(small_run):

@@ -111,6 +111,17 @@ def test_one_tiny_iteration_end_to_end_on_the_real_model(smollm2_dir, tmp_path, 
     ])
     summary = run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
     assert len(summary["per_policy"]) == 2 and summary["initial_label"] == "initial"
+    assert set(summary["difference"]) == {"exact_accuracy", "strict_accuracy", "gold_reward"}  # chat_arithmetic's readings
+    assert "validation" not in summary  # no SFT, so no validation prompts
+    rows = read_jsonl(tmp_path / "run" / "iter_0" / "eval.responses.jsonl")
+    assert summary["final"]["strict_accuracy"] == sum(r["strict"] for r in rows) / 4
+    from larpo.tasks import build_task
+
+    task = build_task(cfg.task)
+    assert [r["strict"] for r in rows] == [r["response"].strip() == task.solve(r["prompt"]) for r in rows]
+    from larpo.report import write_report
+
+    assert "| policy | exact accuracy | strict accuracy | gold reward |" in write_report(tmp_path / "run").read_text()
     policy = tmp_path / "run" / "iter_0" / "policy"
     model, tokenizer = load_policy(policy)  # the LoRA adapters on the imported base
     assert tokenizer.eos_token == "<|im_end|>" and tokenizer.chat_template is not None

@@ -149,11 +149,21 @@ def test_every_tiny_model_ablation_grid_loads_and_shares_the_default_cell():
     from larpo.sweep import cell_config, run_key
 
     paths = sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))
-    grids = [load_grid(p) for p in paths if not p.name.startswith("smollm2_")]  # those: the next test
+    # smollm2_*: the next test; sft_stop: the embedded default itself, not the ablation cell
+    grids = [load_grid(p) for p in paths if not p.name.startswith("smollm2_") and p.name != "sft_stop.yaml"]
     assert {g.name for g in grids} >= {"objective", "negatives", "temperature", "inclusiveness", "memorization", "reference"}
     assert all(len(g.seeds) >= 5 for g in grids)
     keys = [{run_key(cell_config(g, c, 0)) for c in g.cells} for g in grids]
     assert set.intersection(*keys), "the grids no longer share their default cell"
+
+
+def test_runs_with_other_thread_counts_do_not_share_an_sft_checkpoint():
+    from larpo import config as C
+    from larpo.sweep import sft_key
+
+    one, two = C.load(None, ["threads=1"]), C.load(None, ["threads=2"])
+    assert sft_key(one) != sft_key(two)
+    assert sft_key(one) == sft_key(C.load(None, ["threads=1", "train.lr=1e-4"]))  # training settings still share it
 
 
 def test_a_run_from_a_model_path_shares_its_initial_evaluations_only(tmp_path):

@@ -315,7 +315,7 @@ def _add_compare(sub) -> None:
     """The ``compare`` command and its arguments."""
     cmp = sub.add_parser("compare", help="put finished runs side by side: a table with intervals, plots",
                          description="Compare finished runs: held-out greedy accuracy and gold reward of the SFT and "
-                         "final policies with 95%% bootstrap intervals over prompts, pass@k of the final policy; "
+                         "final policies with 95% bootstrap intervals over prompts, pass@k of the final policy; "
                          "plots of every iteration with error bars and pass@k curves per temperature (SFT dashed, "
                          "final solid) where the runs recorded a retriever evaluation.")
     cmp.add_argument("run_dirs", nargs="+", metavar="RUN_DIR")
@@ -327,7 +327,7 @@ def _add_sweep(sub) -> None:
     """The ``sweep`` command and its arguments."""
     sw = sub.add_parser("sweep", help="run a grid of config overrides x seeds and test the differences",
                         description="Run every cell x seed of GRID.yaml as an ordinary run directory (resumable; equal "
-                        "configs run once; SFT checkpoints shared), then write <out>/<name>.md/json/png: mean and 95%% "
+                        "configs run once; SFT checkpoints shared), then write <out>/<name>.md/json/png: mean and 95% "
                         "interval over seeds per cell, the difference to the baseline cell and paired t-tests. "
                         "Several grids may share one --out: equal configs then run once across them. "
                         "Grid format: see configs/ablations/ and docs/findings.md.")

@@ -81,8 +81,8 @@ class SFTConfig:
     lr: float = 3e-3
     warmup_steps: int = 50
     eval_every: int = 50
-    eval_prompts: int = 200
-    target_accuracy: float = 0.35  # stop once greedy held-out exact accuracy reaches this
+    eval_prompts: int = 200  # the validation slice: the last eval_prompts training prompts, never trained on
+    target_accuracy: float = 0.35  # stop once greedy exact accuracy on the validation slice reaches this
 
 
 @dataclass

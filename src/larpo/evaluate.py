@@ -14,7 +14,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .encoding import encode_prompt, encode_response, length_limits, pad_id
 from .io import write_json_atomic, write_jsonl_atomic
 from .logprobs import collate_pairs, sequence_logps
-from .metrics import best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
+from .metrics import HEADLINES, best_of_n, bootstrap_ci, mrr, ndcg_at_k, pass_at_k, wins
 from .models import evaluating
 from .rerankers import Reranker
 from .sampling import Sample, generate
@@ -38,24 +38,28 @@ def greedy_eval(
     batch_size: int = 64,
     progress: bool = False,
 ) -> dict:
-    """Greedy exact accuracy, mean gold reward and mean response length (characters).
-
-    ``per_prompt`` keeps each prompt's correctness and reward, for paired tests between policies;
-    ``responses`` the greedy responses themselves, in the order of ``examples``.
-    """
+    """:func:`score_responses` of the policy's greedy response to each of ``examples``."""
     prompts = [ex.prompt for ex in examples]
-    responses = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
+    return score_responses(task, prompts, _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress))
+
+
+def score_responses(task: Task, prompts: Sequence[str], responses: Sequence[str]) -> dict:
+    """Exact accuracy (the task's ``correct``), mean gold reward and mean response length (characters);
+    with ``strict_accuracy`` too where the task has a strict reading (an ``exact`` method: the reply is
+    the answer and nothing else, as ``chat_arithmetic`` asks).
+
+    ``per_prompt`` keeps each prompt's ``correct``, ``reward`` (and ``strict``), for paired tests
+    between policies; ``responses`` the responses themselves, in the order of ``prompts``.
+    """
     n = len(prompts)
-    correct = [float(task.correct(p, r)) for p, r in zip(prompts, responses)]
-    rewards = [task.reward(p, r) for p, r in zip(prompts, responses)]
-    return {
-        "exact_accuracy": sum(correct) / n,
-        "gold_reward": sum(rewards) / n,
-        "mean_length": sum(len(r) for r in responses) / n,
-        "n_prompts": n,
-        "per_prompt": {"correct": correct, "reward": rewards},
-        "responses": responses,
-    }
+    per_prompt = {"correct": [float(task.correct(p, r)) for p, r in zip(prompts, responses, strict=True)],
+                  "reward": [task.reward(p, r) for p, r in zip(prompts, responses)]}
+    scores = {"exact_accuracy": sum(per_prompt["correct"]) / n}
+    if hasattr(task, "exact"):
+        per_prompt["strict"] = [float(task.exact(p, r)) for p, r in zip(prompts, responses)]
+        scores["strict_accuracy"] = sum(per_prompt["strict"]) / n
+    return {**scores, "gold_reward": sum(per_prompt["reward"]) / n, "mean_length": sum(len(r) for r in responses) / n,
+            "n_prompts": n, "per_prompt": per_prompt, "responses": list(responses)}
 
 
 def eval_headline(scores: dict) -> dict:
@@ -65,14 +69,18 @@ def eval_headline(scores: dict) -> dict:
 
 def save_greedy_eval(scores: dict, examples: Sequence[Example], out: Path) -> dict:
     """Write a :func:`greedy_eval` result: its responses to ``<out stem>.responses.jsonl`` (one row per
-    prompt: id, prompt, response, reward, correct), then the rest to ``out`` (JSON, the stage's
-    marker, last). Returns the result without the responses."""
+    prompt: id, prompt, response, reward, correct, and strict where scored), then the rest to ``out``
+    (JSON, the stage's marker, last). Returns the result without the responses."""
     scores = dict(scores)
     responses = scores.pop("responses")
     per_prompt = scores["per_prompt"]
-    write_jsonl_atomic(out.with_suffix(".responses.jsonl"), (
-        {"prompt_id": ex.prompt_id, "prompt": ex.prompt, "response": r, "reward": w, "correct": bool(c)}
-        for ex, r, w, c in zip(examples, responses, per_prompt["reward"], per_prompt["correct"], strict=True)))
+    strict = per_prompt.get("strict")
+    rows = []
+    for i, (ex, response) in enumerate(zip(examples, responses, strict=True)):
+        row = {"prompt_id": ex.prompt_id, "prompt": ex.prompt, "response": response, "reward": per_prompt["reward"][i],
+               "correct": bool(per_prompt["correct"][i])}
+        rows.append(row if strict is None else {**row, "strict": bool(strict[i])})
+    write_jsonl_atomic(out.with_suffix(".responses.jsonl"), rows)
     write_json_atomic(out, scores)
     return scores
 
@@ -144,17 +152,15 @@ def retriever_eval(
     if n == 0:
         raise ValueError("retriever_eval: no prompts")
     greedy = _greedy(model, tokenizer, prompts, max_new_tokens, batch_size, progress)
-    greedy_gold = [task.reward(p, r) for p, r in zip(prompts, greedy)]
+    scores = score_responses(task, prompts, greedy)
+    greedy_gold = scores["per_prompt"]["reward"]
     result: dict = {
         "n_prompts": n,
         "settings": {"n_samples": n_samples, "temperatures": [float(t) for t in temperatures],
                      "max_new_tokens": max_new_tokens, "seed": seed, "dtype": str(model.dtype).removeprefix("torch.")},
-        "greedy": {
-            "n_prompts": n, "n_samples": 1,
-            "exact_accuracy": _stat([float(task.correct(p, r)) for p, r in zip(prompts, greedy)], seed),
-            "gold_reward": _stat(greedy_gold, seed),
-            "mean_length": sum(map(len, greedy)) / n,
-        },
+        "greedy": {"n_prompts": n, "n_samples": 1, **{key: _stat(scores["per_prompt"][field], seed)
+                                                     for key, field in HEADLINES.items() if field in scores["per_prompt"]},
+                   "mean_length": scores["mean_length"]},
         "sampled": {},
     }
     for t_index, temperature in enumerate(temperatures):
@@ -247,8 +253,7 @@ def retriever_brief(result: dict) -> dict:
 def table_rows(result: dict) -> list[tuple[str, dict | float]]:
     """(metric name, stat or plain number) rows of a :func:`retriever_eval` result, for printing."""
     rows: list[tuple[str, dict | float]] = [
-        ("greedy exact accuracy", result["greedy"]["exact_accuracy"]),
-        ("greedy gold reward", result["greedy"]["gold_reward"]),
+        *((f"greedy {key.replace('_', ' ')}", result["greedy"][key]) for key in HEADLINES if key in result["greedy"]),
         ("greedy mean length", result["greedy"]["mean_length"]),
     ]
     for key, block in result["sampled"].items():

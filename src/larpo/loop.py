@@ -40,7 +40,7 @@ from .encoding import length_limits, pad_id
 from .evaluate import eval_headline, greedy_eval, retriever_brief, retriever_eval, save_greedy_eval
 from .io import read_jsonl, rewrite_jsonl, write_json_atomic, write_jsonl_atomic
 from .lists import Candidate, RankedList, build_lists, list_sizes
-from .metrics import paired_difference
+from .metrics import differences
 from .models import build_tiny_model, build_tokenizer, policy_from_config, save_policy
 from .preflight import Inputs, check_inputs, check_reranker, prepare_run_dir
 from .reference import reference_model
@@ -128,10 +128,8 @@ def _lists_stage(
     accelerator.wait_for_everyone()
     lists = [RankedList.from_row(row) for row in read_jsonl(d / "lists.jsonl")]
     if not lists:
-        raise ConfigError(
-            f"iteration {iteration + 1}: every prompt's candidates tied, so there is nothing to train on; "
-            "raise sampling.k or sampling.temperature, or use task.reward=graded"
-        )
+        raise ConfigError(f"iteration {iteration + 1}: every prompt's candidates tied, so there is nothing to train on; "
+                          "raise sampling.k or sampling.temperature, or use task.reward=graded")
     return lists
 
 
@@ -177,19 +175,32 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
     return save_greedy_eval(scores, inputs.held_out, out)
 
 
+def _validation(initial_dir: Path, final_dir: Path, inputs: Inputs, cfg: Config, run_dir: Path, progress: bool,
+                device: torch.device) -> dict:
+    """``validation.json``: the initial and final policies greedy on the validation prompts, and the paired differences."""
+    out = run_dir / "validation.json"
+    if not out.exists():
+        with timed(run_dir, "validation evaluation", None):
+            initial, final = (greedy_eval(*policy_from_config(p, cfg.model, device=device), inputs.task, inputs.validation,
+                                          cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
+                              for p in (initial_dir, final_dir))
+        write_json_atomic(out, {"initial": {k: v for k, v in initial.items() if k != "responses"},
+                                "final": {k: v for k, v in final.items() if k != "responses"},
+                                "difference": differences(initial, final)})
+    return json.loads(out.read_text())
+
+
 def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
                     reranker: Reranker, cfg: Config, out: Path, progress: bool, device: torch.device) -> dict:
     """The policy as a retriever (pass@k, Best-of-N, NDCG/MRR, win rate over the baseline)."""
-    if out.exists():
-        return json.loads(out.read_text())
-    with timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
-        model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
-        baseline = policy_from_config(baseline_dir, cfg.model, device=device) if baseline_dir is not None else None
-        result = retriever_eval(model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples,
-                                cfg.eval.temperatures, cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline,
-                                progress=progress)
-    write_json_atomic(out, result)
-    return result
+    if not out.exists():
+        with timed(out.parent, f"retriever evaluation ({'initial' if baseline_dir is None else 'final'})", None):
+            model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
+            baseline = policy_from_config(baseline_dir, cfg.model, device=device) if baseline_dir is not None else None
+            write_json_atomic(out, retriever_eval(
+                model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
+                cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline, progress=progress))
+    return json.loads(out.read_text())
 
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -278,14 +289,12 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
             f"gold reward {evals[-1]['gold_reward']:.3f}")
 
     summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[-1], "per_policy": evals,
-               "difference": {key: paired_difference(evals[0], evals[-1], field)
-                              for key, field in (("exact_accuracy", "correct"), ("gold_reward", "reward"))}}
-    if cfg.eval.samples > 0:
-        summary["retriever"] = {}
-        for name, baseline in (("sft", None), ("final", initial_dir)):
-            current = initial_dir if name == "sft" else policy_dir
-            out = run_dir / f"retriever_eval_{name}.json"
-            result = _main_first(accelerator, lambda: _retriever_eval(current, baseline, inputs, reranker, cfg, out, progress,
-                                                                             device))
-            summary["retriever"][name] = retriever_brief(result)
+               "difference": differences(evals[0], evals[-1])}
+    if inputs.validation:  # SFT's stopping prompts, scored apart from the held-out ones
+        summary["validation"] = _main_first(accelerator, lambda: _validation(initial_dir, policy_dir, inputs, cfg, run_dir,
+                                                                             progress, device))
+    if cfg.eval.samples > 0:  # the initial policy as a retriever, then the final one against it
+        summary["retriever"] = {name: retriever_brief(_main_first(accelerator, lambda: _retriever_eval(
+            current, baseline, inputs, reranker, cfg, run_dir / f"retriever_eval_{name}.json", progress, device)))
+            for name, current, baseline in (("sft", initial_dir, None), ("final", policy_dir, initial_dir))}
     return summary

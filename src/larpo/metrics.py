@@ -130,9 +130,19 @@ def bootstrap_ci(per_prompt_values: Sequence[float], n_resamples: int = 1000, se
     return mean, min(low, mean), max(high, mean)
 
 
+# a greedy evaluation's headline -> its per-prompt field (strict only where the task has a strict reading)
+HEADLINES = {"exact_accuracy": "correct", "strict_accuracy": "strict", "gold_reward": "reward"}
+
+
 def paired_difference(initial: dict, final: dict, field: str) -> dict:
     """final − initial on the same held-out prompts: the mean of the per-prompt differences and its
     95% (paired) bootstrap interval over prompts."""
     diffs = [b - a for a, b in zip(initial["per_prompt"][field], final["per_prompt"][field], strict=True)]
     mean, low, high = bootstrap_ci(diffs)
     return {"mean": mean, "low": low, "high": high, "n_prompts": len(diffs)}
+
+
+def differences(initial: dict, final: dict) -> dict:
+    """:func:`paired_difference` of every headline of :data:`HEADLINES` both evaluations scored."""
+    return {key: paired_difference(initial, final, field) for key, field in HEADLINES.items()
+            if field in initial["per_prompt"] and field in final["per_prompt"]}

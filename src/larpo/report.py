@@ -13,6 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 from . import config as config_mod  # noqa: E402
 from .candidates import iteration_dir, iterations_with, load_candidates  # noqa: E402
 from .io import read_jsonl, write_text_atomic  # noqa: E402
+from .metrics import HEADLINES  # noqa: E402
 
 
 def _policy_evals(run_dir: Path) -> list[dict]:
@@ -76,10 +77,13 @@ def _plot_rewards(run_dir: Path, iterations: list[int], path: Path) -> None:
 
 
 def _table(evals: list[dict], initial: str) -> list[str]:
-    lines = ["| policy | exact accuracy | gold reward | mean length | prompts |", "|---|---|---|---|---|"]
+    """One row per policy: its headlines (strict accuracy where the task scores it), mean length, prompts."""
+    keys = [key for key in HEADLINES if key in evals[0]]
+    lines = ["| policy | " + " | ".join(key.replace("_", " ") for key in keys) + " | mean length | prompts |",
+             "|---" * (len(keys) + 3) + "|"]
     for i, e in enumerate(evals):
         name = initial if i == 0 else f"iteration {i}"
-        lines.append(f"| {name} | {e['exact_accuracy']:.3f} | {e['gold_reward']:.3f} | {e['mean_length']:.2f} | {e['n_prompts']} |")
+        lines.append(f"| {name} | " + " | ".join(f"{e[key]:.3f}" for key in keys) + f" | {e['mean_length']:.2f} | {e['n_prompts']} |")
     return lines
 
 
@@ -140,7 +144,7 @@ def print_summary(summary: dict, run_dir: Path) -> None:
     label = summary.get("initial_label", "SFT")
     print()
     print(f"{'held-out (greedy)':<20}{label:>8}{'final':>8}{'change':>9}  paired 95% CI")
-    rows = [(key, sft[key], final[key]) for key in ("exact_accuracy", "gold_reward")]
+    rows = [(key, sft[key], final[key]) for key in HEADLINES if key in sft and key in final]
     retriever = summary.get("retriever")
     if retriever:
         ks = [k for k in retriever["final"] if k.startswith("pass@")]

@@ -40,9 +40,12 @@ def run_key(cfg: C.Config) -> str:
 
 
 def sft_key(cfg: C.Config) -> str:
-    """What the initial policy and its evaluations (greedy and as a retriever) depend on."""
+    """What the initial policy and its evaluations (greedy and as a retriever) depend on: the thread count
+    too, since float32 sums in another order can stop SFT at another step (a grid over ``threads`` is
+    how one machine stands in for two)."""
     d = C.to_dict(cfg)
-    return _digest([d["seed"], d["task"], d["model"], d["sft"], d["eval"], d["sampling"]["max_new_tokens"], d["reranker"]])
+    return _digest([d["seed"], d["task"], d["model"], d["sft"], d["eval"], d["sampling"]["max_new_tokens"], d["reranker"],
+                    d["threads"]])
 
 
 def _copy_tree(src: Path, dst: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from scipy import stats
 
+from .metrics import HEADLINES
 from .sweep_grid import Grid
 
 
@@ -66,7 +67,7 @@ def summarize(grid: Grid, out: Path, index: dict) -> dict:
         for m, v in row["values"].items():
             diff = [x - y for x, y in zip(v, base["values"][m])]
             entry = {"difference": mean_interval(diff), "p_seeds": paired_test(v, base["values"][m])}
-            field = {"final.exact_accuracy": "correct", "final.gold_reward": "reward"}.get(m)
+            field = HEADLINES.get(m.removeprefix("final.")) if m.startswith("final.") else None
             if field:
                 mine = [_per_prompt(out / "runs" / index[cell][str(s)], field) for s in grid.seeds]
                 theirs = [_per_prompt(out / "runs" / index[grid.baseline][str(s)], field) for s in grid.seeds]

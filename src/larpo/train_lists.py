@@ -42,6 +42,7 @@ from .encoding import length_limits, pad_id
 from .evaluate import eval_headline, greedy_eval, save_greedy_eval
 from .io import TMP_PREFIX, remove_stale_temporaries, write_json_atomic, write_text_atomic
 from .listdata import Fields, ListReport, check_tokenizer, lists_digest, read_lists
+from .metrics import HEADLINES
 from .lists import RankedList, list_sizes
 from .models import adapter_base, check_local_model_dir, is_adapter_dir, load_tokenizer, policy_from_config
 from .runlock import HOLDER, LOCK, run_dir_lock
@@ -174,9 +175,9 @@ def _evaluate(policy_dir: str | Path, task: Task, held_out: list[Example], cfg: 
 
 
 def format_evaluation(initial: dict, final: dict) -> str:
-    """The held-out table: initial, final and the change, for accuracy and gold reward."""
+    """The held-out table: initial, final and the change, for each headline (accuracy, strict accuracy, gold reward)."""
     lines = [f"{'held-out (greedy)':<20}{'initial':>8}{'final':>8}{'change':>9}"]
-    for key in ("exact_accuracy", "gold_reward"):
+    for key in (key for key in HEADLINES if key in initial and key in final):
         lines.append(f"{key:<20}{initial[key]:>8.3f}{final[key]:>8.3f}{final[key] - initial[key]:>+9.3f}")
     return "\n".join(lines + [f"{initial['n_prompts']} held-out prompts"])
 

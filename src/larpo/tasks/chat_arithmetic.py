@@ -43,6 +43,7 @@ answers in sentences (``"47 + 38 = 85"``, ``"The result of 51 + 37 is 158."``) a
 right in none of 64 greedy replies nor of its samples (K = 8 on 32 prompts, at T = 0.7 and 1.0),
 while its lenient greedy accuracy was 0.16, a measure that can move both ways. The format is
 still trained for: it is 30% of the graded reward, and the strict reading is the exact reward.
+Every greedy evaluation reports both: ``exact_accuracy`` (lenient) and ``strict_accuracy``.
 """
 
 from __future__ import annotations
