@@ -94,8 +94,8 @@ class SamplingConfig:
     top_p: float = 1.0
     max_new_tokens: int = 6
     prompts_per_batch: int = 32
-    # how a token is drawn: generate's torch.multinomial | inverse CDF (same distribution, other random numbers, faster)
-    draw: Literal["multinomial", "inverse_cdf"] = "multinomial"
+    # how a token is drawn: inverse CDF (faster) | generate's torch.multinomial (same distribution, other random numbers)
+    draw: Literal["multinomial", "inverse_cdf"] = "inverse_cdf"
 
 
 @dataclass
