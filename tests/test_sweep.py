@@ -165,14 +165,14 @@ def test_the_grids_on_the_embedded_default_share_its_run_and_change_one_setting_
 
     root = Path(__file__).parent.parent / "configs" / "ablations"
     stop, beta_lr = load_grid(root / "sft_stop.yaml"), load_grid(root / "beta_lr.yaml")
-    default = cell_config(beta_lr, beta_lr.baseline, 0)
-    assert run_key(default) == run_key(cell_config(stop, stop.baseline, 0))
-    embedded = C.load(None, [])
-    assert (default.loop, default.train, default.sft) == (embedded.loop, embedded.train, embedded.sft)
-    for cell in beta_lr.cells:  # one SFT checkpoint per seed serves every cell
+    embedded, baseline = C.load(None, []), cell_config(beta_lr, beta_lr.baseline, 0)
+    shipped = [c for c in beta_lr.cells if cell_config(beta_lr, c, 0).train == embedded.train]
+    assert len(shipped) == 1, "no beta_lr cell is the shipped default"
+    assert run_key(cell_config(beta_lr, shipped[0], 0)) == run_key(cell_config(stop, stop.baseline, 0))
+    for cell in beta_lr.cells:  # one SFT checkpoint per seed serves every cell; each cell moves β or lr
         other = cell_config(beta_lr, cell, 0)
-        assert sft_key(other) == sft_key(default)
-        assert sum((getattr(other.train, f) != getattr(default.train, f)) for f in ("beta", "lr")) == (cell != beta_lr.baseline)
+        assert (other.loop, other.sft) == (embedded.loop, embedded.sft) and sft_key(other) == sft_key(baseline)
+        assert sum((getattr(other.train, f) != getattr(baseline.train, f)) for f in ("beta", "lr")) == (cell != beta_lr.baseline)
     assert any(m.startswith("validation.") for m in beta_lr.metrics)  # the choice can be read on validation
 
 
