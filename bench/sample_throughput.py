@@ -1,6 +1,6 @@
 """Sampling throughput: ``larpo.sampling.generate``, which prefills each prompt once and copies its
 KV cache to the K samples (then decodes with the cache written in place), with ``generate``'s draw
-and with ``draw="inverse_cdf"``, against HF ``generate`` with ``num_return_sequences=K``, which
+and with ``draw="inverse_cdf"`` (larpo's default), against HF ``generate`` with ``num_return_sequences=K``, which
 copies each prompt K times before its prefill (larpo's sampling path before).
 
 Run from the repository root after ``bash scripts/fetch-smollm2.sh`` (``bash scripts/bench.sh``
@@ -18,7 +18,7 @@ paths sample at temperature 0.7, top_p 1, up to 16 new tokens, 32 prompts per ``
 distribution (``tests/test_sampling.py``). Per path: the total time; the prefill time, which is the
 model's forward calls on more than one token per row (each prompt K times in HF's path; all but the
 last prompt token, once, in larpo's), timed by forward hooks; decode = total − prefill (forward
-calls on one token per row, and ``generate``'s own work). A third row runs larpo's path with
+calls on one token per row, and ``generate``'s own work). larpo's second row is its default,
 ``draw="inverse_cdf"`` (``sampling.draw``), which draws the same distribution from other random
 numbers, so its token count differs. Tokens are generated tokens up to and including EOS. One
 warm-up call on two prompts per path, then the median of ``--repeats``, the paths' repeats
@@ -119,7 +119,7 @@ def in_place(generate_fn, m, t, p, k, temp, new, b, s):
     saved = sampling.PREALLOCATED_CACHE_DEVICES
     sampling.PREALLOCATED_CACHE_DEVICES = (*saved, m.device.type)
     try:
-        return generate_fn(m, t, p, k, temp, new, batch_size=b, seed=s)
+        return generate_fn(m, t, p, k, temp, new, batch_size=b, seed=s, draw="multinomial")
     finally:
         sampling.PREALLOCATED_CACHE_DEVICES = saved
 
@@ -194,8 +194,9 @@ def main() -> int:
         lengths = [len(encode_prompt(tok, p)) for p in prompts]
         paths = {
             "HF generate, K copies of each prompt (before)": k_copies,
-            "larpo.sampling.generate, prefilled once": lambda m, t, p, k, temp, new, b, s: generate(m, t, p, k, temp, new, batch_size=b, seed=s),
-            "the same, draw=inverse_cdf": lambda m, t, p, k, temp, new, b, s: generate(
+            "larpo.sampling.generate, prefilled once, generate's draw": lambda m, t, p, k, temp, new, b, s: generate(
+                m, t, p, k, temp, new, batch_size=b, seed=s, draw="multinomial"),
+            "the same, draw=inverse_cdf (larpo's default)": lambda m, t, p, k, temp, new, b, s: generate(
                 m, t, p, k, temp, new, batch_size=b, seed=s, draw="inverse_cdf"),
         }
         if dev.type not in sampling.PREALLOCATED_CACHE_DEVICES:  # what writing the cache in place would do here

@@ -117,6 +117,18 @@ def _dcg(order_gains, k):
     return sum(g / math.log2(i + 2) for i, g in enumerate(order_gains[:k]))
 
 
+@pytest.mark.parametrize("draw", ["multinomial", "inverse_cdf"])
+def test_retriever_eval_samples_with_the_draw_it_is_given(tiny_model_dir, task, draw):
+    model, tokenizer = load_policy(tiny_model_dir)
+    examples = task.eval_examples()[:8]
+    result = retriever_eval(model, tokenizer, task, examples, build_reranker(RerankerConfig(), task), n_samples=4,
+                            temperatures=[1.0], max_new_tokens=4, batch_size=8, seed=5, draw=draw)
+    samples = generate(model, tokenizer, [ex.prompt for ex in examples], 4, 1.0, 4, batch_size=2, seed=5, draw=draw)
+    lengths = [len(s.text) for group in samples for s in group]
+    assert result["settings"]["draw"] == draw
+    assert result["sampled"]["1.0"]["mean_length"] == pytest.approx(sum(lengths) / len(lengths))
+
+
 def test_ranking_metrics_and_mean_length_equal_an_independent_recomputation(tiny_model_dir, task):
     """NDCG@1/@5/full, MRR and mean length recomputed by hand from the same samples."""
     model, tokenizer = load_policy(tiny_model_dir)

@@ -19,7 +19,7 @@ SMALL = [
     "task.digits=2", "task.n_train=400", "task.n_eval=40",
     "model.hidden_size=32", "model.num_layers=2", "model.num_heads=2", "model.intermediate_size=64",
     "sft.max_steps=60", "sft.eval_every=30", "sft.eval_prompts=20", "sft.batch_size=32",
-    "sampling.k=4", "sampling.max_new_tokens=4",
+    "sampling.k=4", "sampling.max_new_tokens=4", "sampling.draw=multinomial",  # the non-default draw, end to end
     "train.lr=1e-3", "train.epochs=1", "train.batch_size=4", "train.micro_batch_size=4",
     "loop.iterations=2", "loop.prompts_per_iteration=16",
     "lists.memorization=all", "eval.n_prompts=40",
@@ -61,6 +61,8 @@ def test_a_run_leaves_every_promised_file(small_run):
         for name in ["candidates.jsonl", "lists.jsonl", "lists_stats.json", "eval.json", "policy/model.safetensors"]:
             assert (run_dir / f"iter_{s}" / name).is_file(), (s, name)
     assert C.load(run_dir / "config.yaml") == C.load(None, SMALL)
+    for name in ("retriever_eval_sft.json", "retriever_eval_final.json"):  # the run's draw, in its evaluation too
+        assert json.loads((run_dir / name).read_text())["settings"]["draw"] == "multinomial", name
 
 
 def test_summary_has_the_paired_difference_the_stage_times_and_the_responses(small_run):

@@ -149,12 +149,31 @@ def test_every_tiny_model_ablation_grid_loads_and_shares_the_default_cell():
     from larpo.sweep import cell_config, run_key
 
     paths = sorted((Path(__file__).parent.parent / "configs" / "ablations").glob("*.yaml"))
-    # smollm2_*: the next test; sft_stop: the embedded default itself, not the ablation cell
-    grids = [load_grid(p) for p in paths if not p.name.startswith("smollm2_") and p.name != "sft_stop.yaml"]
+    # smollm2_*: a test below; sft_stop, beta_lr: the embedded default itself, not the ablation cell (the next test)
+    grids = [load_grid(p) for p in paths if not p.name.startswith("smollm2_") and p.name not in ("sft_stop.yaml", "beta_lr.yaml")]
     assert {g.name for g in grids} >= {"objective", "negatives", "temperature", "inclusiveness", "memorization", "reference"}
     assert all(len(g.seeds) >= 5 for g in grids)
     keys = [{run_key(cell_config(g, c, 0)) for c in g.cells} for g in grids]
     assert set.intersection(*keys), "the grids no longer share their default cell"
+
+
+def test_the_grids_on_the_embedded_default_share_its_run_and_change_one_setting_per_cell():
+    from pathlib import Path
+
+    from larpo import config as C
+    from larpo.sweep import cell_config, run_key, sft_key
+
+    root = Path(__file__).parent.parent / "configs" / "ablations"
+    stop, beta_lr = load_grid(root / "sft_stop.yaml"), load_grid(root / "beta_lr.yaml")
+    embedded, baseline = C.load(None, []), cell_config(beta_lr, beta_lr.baseline, 0)
+    shipped = [c for c in beta_lr.cells if cell_config(beta_lr, c, 0).train == embedded.train]
+    assert len(shipped) == 1, "no beta_lr cell is the shipped default"
+    assert run_key(cell_config(beta_lr, shipped[0], 0)) == run_key(cell_config(stop, stop.baseline, 0))
+    for cell in beta_lr.cells:  # one SFT checkpoint per seed serves every cell; each cell moves β or lr
+        other = cell_config(beta_lr, cell, 0)
+        assert (other.loop, other.sft) == (embedded.loop, embedded.sft) and sft_key(other) == sft_key(baseline)
+        assert sum((getattr(other.train, f) != getattr(baseline.train, f)) for f in ("beta", "lr")) == (cell != beta_lr.baseline)
+    assert any(m.startswith("validation.") for m in beta_lr.metrics)  # the choice can be read on validation
 
 
 def test_runs_with_other_thread_counts_do_not_share_an_sft_checkpoint():

@@ -133,6 +133,7 @@ def retriever_eval(
     seed: int = 0,
     baseline: tuple[PreTrainedModel, PreTrainedTokenizerBase] | None = None,
     progress: bool = False,
+    draw: str = "inverse_cdf",
 ) -> dict:
     """The policy judged as a retriever on ``examples``; a JSON-serialisable dict (see docs/evaluation.md).
 
@@ -143,7 +144,7 @@ def retriever_eval(
     ``n_samples`` (responses per prompt). ``sampled`` is keyed by ``str(float(temperature))``.
     ``batch_size`` bounds the sequences per forward pass: prompts per greedy batch, prompts × samples
     per sampling batch, (prompt, response) pairs per log-prob batch. The temperature with index i
-    samples with seed ``seed + i``.
+    samples with seed ``seed + i``, each token drawn as ``draw`` says (:func:`larpo.sampling.generate`).
     """
     if n_samples < 1:
         raise ValueError(f"n_samples: got {n_samples}, expected at least 1")
@@ -157,7 +158,7 @@ def retriever_eval(
     result: dict = {
         "n_prompts": n,
         "settings": {"n_samples": n_samples, "temperatures": [float(t) for t in temperatures],
-                     "max_new_tokens": max_new_tokens, "seed": seed, "dtype": str(model.dtype).removeprefix("torch.")},
+                     "max_new_tokens": max_new_tokens, "seed": seed, "draw": draw, "dtype": str(model.dtype).removeprefix("torch.")},
         "greedy": {"n_prompts": n, "n_samples": 1, **{key: _stat(scores["per_prompt"][field], seed)
                                                      for key, field in HEADLINES.items() if field in scores["per_prompt"]},
                    "mean_length": scores["mean_length"]},
@@ -166,7 +167,7 @@ def retriever_eval(
     for t_index, temperature in enumerate(temperatures):
         samples = generate(model, tokenizer, prompts, n_samples, float(temperature), max_new_tokens,
                            batch_size=max(1, batch_size // n_samples), seed=seed + t_index, progress=progress,
-                           desc=f"retriever evaluation: sampling at T={temperature}")
+                           desc=f"retriever evaluation: sampling at T={temperature}", draw=draw)
         result["sampled"][str(float(temperature))] = _sampled_block(model, tokenizer, task, prompts, samples, reranker,
                                                                     float(temperature), batch_size, seed, progress)
     if baseline is not None:

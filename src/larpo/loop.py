@@ -199,7 +199,7 @@ def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
             baseline = policy_from_config(baseline_dir, cfg.model, device=device) if baseline_dir is not None else None
             write_json_atomic(out, retriever_eval(
                 model, tokenizer, inputs.task, inputs.held_out, reranker, cfg.eval.samples, cfg.eval.temperatures,
-                cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline, progress=progress))
+                cfg.sampling.max_new_tokens, cfg.eval.batch_size, cfg.seed, baseline, progress, cfg.sampling.draw))
     return json.loads(out.read_text())
 
 

@@ -156,14 +156,14 @@ def generate(
     seed: int = 0,
     progress: bool = False,
     desc: str = "sampling",
-    draw: str = "multinomial",
+    draw: str = "inverse_cdf",
 ) -> list[list[Sample]]:
     """Return ``k`` samples for each prompt: a list of ``len(prompts)`` lists of ``k`` :class:`Sample`.
 
     ``temperature == 0`` is greedy decoding (then ``k`` must be 1); otherwise responses are sampled
-    at ``temperature`` with nucleus ``top_p`` and no top-k cut, each token drawn by ``generate``
-    (``draw="multinomial"``) or by :class:`_InverseCdfSampler` (``"inverse_cdf"``: the same distribution from
-    other random numbers, faster at large vocabularies). Each response stops at EOS or after
+    at ``temperature`` with nucleus ``top_p`` and no top-k cut, each token drawn by :class:`_InverseCdfSampler`
+    (``draw="inverse_cdf"``, faster at large vocabularies) or by ``generate``'s own ``torch.multinomial``
+    (``"multinomial"``: the same distribution from other random numbers). Each response stops at EOS or after
     ``max_new_tokens`` tokens. The same ``seed`` gives the same responses; the global RNG is left
     untouched. The model's train/eval mode is restored afterwards.
     """
