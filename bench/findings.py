@@ -14,7 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from larpo.sweep import load_grid
+from larpo.sweep_grid import load_grid
 from larpo.sweep_stats import format_results, mean_interval, paired_test
 
 ROOT = Path(__file__).resolve().parent.parent
