@@ -114,12 +114,17 @@ class PrefillClock:
             self.start = None
 
 
-def in_place(generate_fn, m, t, p, k, temp, new, b, s):
-    """larpo's sampling with the KV cache written in place (``_PreallocatedLayer``) on this device too."""
+def larpo_path(draw: str):
+    """A path: ``larpo.sampling.generate`` with the token drawn as ``draw`` says."""
+    return lambda m, t, p, k, temp, new, b, s: generate(m, t, p, k, temp, new, batch_size=b, seed=s, draw=draw)
+
+
+def in_place(path, m, t, p, k, temp, new, b, s):
+    """``path`` (a larpo path) with the KV cache written in place (``_PreallocatedLayer``) on this device too."""
     saved = sampling.PREALLOCATED_CACHE_DEVICES
     sampling.PREALLOCATED_CACHE_DEVICES = (*saved, m.device.type)
     try:
-        return generate_fn(m, t, p, k, temp, new, batch_size=b, seed=s, draw="multinomial")
+        return path(m, t, p, k, temp, new, b, s)
     finally:
         sampling.PREALLOCATED_CACHE_DEVICES = saved
 
@@ -194,13 +199,11 @@ def main() -> int:
         lengths = [len(encode_prompt(tok, p)) for p in prompts]
         paths = {
             "HF generate, K copies of each prompt (before)": k_copies,
-            "larpo.sampling.generate, prefilled once, generate's draw": lambda m, t, p, k, temp, new, b, s: generate(
-                m, t, p, k, temp, new, batch_size=b, seed=s, draw="multinomial"),
-            "the same, draw=inverse_cdf (larpo's default)": lambda m, t, p, k, temp, new, b, s: generate(
-                m, t, p, k, temp, new, batch_size=b, seed=s, draw="inverse_cdf"),
+            "larpo.sampling.generate, prefilled once, generate's draw": larpo_path("multinomial"),
+            "the same, draw=inverse_cdf (larpo's default)": larpo_path("inverse_cdf"),
         }
         if dev.type not in sampling.PREALLOCATED_CACHE_DEVICES:  # what writing the cache in place would do here
-            paths["larpo, cache written in place (the CPU's way)"] = lambda *args: in_place(generate, *args)
+            paths["larpo, cache written in place (the CPU's way)"] = lambda *args: in_place(larpo_path("multinomial"), *args)
         no_vllm = vllm_status()
         rows, speedups = [], {}
         for k in (int(x) for x in a.ks.split(",")):
