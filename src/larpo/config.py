@@ -83,6 +83,7 @@ class SFTConfig:
     eval_every: int = 50
     eval_prompts: int = 200  # the validation slice: the last eval_prompts training prompts, never trained on
     target_accuracy: float = 0.35  # stop once greedy exact accuracy on the validation slice reaches this
+    smooth: int = 1  # ... averaged over the last `smooth` evaluations (1: the latest one alone)
 
 
 @dataclass
@@ -275,7 +276,7 @@ def validate(cfg: Config) -> Config:
         "model.vocab_size", "model.hidden_size", "model.num_layers", "model.num_heads",
         "model.intermediate_size", "model.max_position_embeddings", "model.max_prompt_tokens",
         "model.max_response_tokens", "model.lora_r", "model.lora_alpha",
-        "sft.max_steps", "sft.batch_size", "sft.lr", "sft.eval_every", "sft.eval_prompts",
+        "sft.max_steps", "sft.batch_size", "sft.lr", "sft.eval_every", "sft.eval_prompts", "sft.smooth",
         "sampling.temperature", "sampling.top_p", "sampling.max_new_tokens", "sampling.prompts_per_batch",
         "lists.low_temperature", "lists.high_temperature", "reranker.batch_size", "train.beta", "train.lr", "train.epochs", "train.batch_size",
         "train.micro_batch_size", "train.ref_batch_size", "loop.iterations", "loop.prompts_per_iteration",

@@ -1,8 +1,9 @@
 """Supervised warm-up: teach the policy the task's gold answers, stopping short of saturation.
 
 The loss is the token-mean cross-entropy of the answer (and its EOS) given the prompt. Training
-stops as soon as greedy exact accuracy on a validation slice reaches ``target_accuracy``, so the
-aligned iterations that follow have room to show an effect.
+stops as soon as greedy exact accuracy on a validation slice, averaged over the last ``smooth``
+evaluations, reaches ``target_accuracy``, so the aligned iterations that follow have room to show
+an effect.
 """
 
 from __future__ import annotations
@@ -21,6 +22,13 @@ from .logprobs import collate_pairs, sequence_logps
 from .tasks import Example, Task
 from .tracking import MetricsLog, metrics_log
 from .transfer import to_device
+
+
+def reached(history: Sequence[float], smooth: int, target: float) -> bool:
+    """Whether SFT stops after these validation accuracies (oldest first): the mean of the last
+    ``smooth`` of them reaches ``target`` (never before there are ``smooth``)."""
+    window = history[-smooth:]
+    return len(window) == smooth and sum(window) / smooth >= target
 
 
 def sft_train(
@@ -48,6 +56,7 @@ def sft_train(
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.0)
     scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, cfg.max_steps)
     result = {"steps": 0, "val_accuracy": 0.0, "val_reward": 0.0}
+    history: list[float] = []  # validation accuracy at each evaluation, oldest first
     bar = tqdm(total=cfg.max_steps, desc="sft", disable=not progress)
     model.train()
     for step in range(1, cfg.max_steps + 1):
@@ -67,7 +76,8 @@ def sft_train(
             bar.set_postfix(loss=f"{loss.item():.3f}", val_acc=f"{result['val_accuracy']:.2f}")
             if metrics_path is not None:
                 metrics_log(metrics_path).write({"stage": "sft", "step": step, "loss": loss.item(), **result})
-            if result["val_accuracy"] >= cfg.target_accuracy:
+            history.append(result["val_accuracy"])
+            if reached(history, cfg.smooth, cfg.target_accuracy):
                 break
     bar.close()
     model.eval()
