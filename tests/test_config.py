@@ -63,6 +63,12 @@ def test_bad_values_name_the_key(override, message):
         C.load(None, [override])
 
 
+def test_choosing_the_final_policy_on_validation_needs_the_validation_prompts():
+    assert C.load(None, ["loop.select=validation"]).loop.select == "validation"
+    with pytest.raises(C.ConfigError, match="loop.select: 'validation' reads the validation prompts"):
+        C.load(None, ["loop.select=validation", "sft.enabled=false"])
+
+
 def test_bad_yaml_names_file_and_line(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("train:\n  beta: 0.1\n  loss: [unclosed\n")

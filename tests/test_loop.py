@@ -12,7 +12,7 @@ import pytest
 from larpo import config as C
 from larpo.io import read_jsonl
 from larpo.lists import RankedList
-from larpo.loop import run
+from larpo.loop import best_on_validation, run
 
 SMALL = [
     "seed=3",
@@ -105,6 +105,36 @@ def test_the_validation_split_is_scored_apart_from_the_held_out_prompts(small_ru
     last_sft = [r for r in read_jsonl(run_dir / "metrics.jsonl") if r["stage"] == "sft"][-1]
     assert block["initial"]["exact_accuracy"] == last_sft["val_accuracy"]  # the policy SFT stopped with, on its prompts
     assert block["difference"]["exact_accuracy"] == paired_difference(block["initial"], block["final"], "correct")
+    per_policy = [json.loads((run_dir / name).read_text())
+                  for name in ("validation_sft.json", "iter_0/validation.json", "iter_1/validation.json")]
+    assert block["initial"] == per_policy[0] and block["final"] == per_policy[2]  # select=last: the last iteration
+    assert block["per_policy"] == [{k: v for k, v in p.items() if k != "per_prompt"} for p in per_policy]
+    assert summary["final_policy"] == 2 and summary["final"] == summary["per_policy"][2]
+
+
+@pytest.mark.parametrize("accuracy, chosen", [
+    ([0.9, 0.2, 0.5, 0.4], 2),  # the initial policy is never chosen
+    ([0.1, 0.5, 0.3, 0.5], 1),  # ties: the earliest
+    ([0.1, 0.2, 0.3, 0.6], 3),
+    ([0.0, 0.0], 1),
+])
+def test_best_on_validation_picks_the_earliest_best_iteration(accuracy, chosen):
+    assert best_on_validation(accuracy) == chosen
+
+
+def test_select_validation_reports_the_iteration_best_on_validation(tmp_path):
+    """lr 1.0 wrecks the policy in the first iteration, so the later one can do no better on
+    validation and the first is chosen: the final block is that iteration's, not the last one's."""
+    from larpo.metrics import differences
+
+    cfg = C.load(write_small_config(tmp_path, ["loop.select=validation", "train.lr=1.0", "eval.samples=0"]))
+    summary = run(cfg, tmp_path / "run", progress=False, log=lambda _: None)
+    accuracy = [p["exact_accuracy"] for p in summary["validation"]["per_policy"]]
+    assert summary["final_policy"] == best_on_validation(accuracy) == 1
+    assert summary["final"] == summary["per_policy"][1] != summary["per_policy"][2]
+    assert summary["difference"] == differences(summary["sft"], summary["per_policy"][1])
+    validation = json.loads((tmp_path / "run" / "validation.json").read_text())
+    assert validation["final"] == json.loads((tmp_path / "run" / "iter_0" / "validation.json").read_text())
 
 
 def test_summary_has_finite_sft_and_final_blocks(small_run):

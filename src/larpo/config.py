@@ -153,6 +153,7 @@ class LoopConfig:
 
     iterations: int = 3
     prompts_per_iteration: int | None = None  # the first N training prompts (None: all); the same every iteration
+    select: Literal["last", "validation"] = "last"  # the final policy: the last iteration's, or the best on validation
 
 
 @dataclass
@@ -322,6 +323,8 @@ def validate(cfg: Config) -> Config:
         )
     if cfg.train.weighting == "lipo" and cfg.train.loss != "lambdarank":
         raise ConfigError(f"train.weighting: 'lipo' weights lambdarank pairs; got train.loss={cfg.train.loss!r}, expected 'lambdarank'")
+    if cfg.loop.select == "validation" and not cfg.sft.enabled:
+        raise ConfigError("loop.select: 'validation' reads the validation prompts, which exist only with sft.enabled=true")
     if cfg.lists.strategy == "top_bottom" and cfg.lists.top == 0:
         raise ConfigError("lists.top: got 0, expected at least one positive per list")
     return cfg

@@ -175,19 +175,21 @@ def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: 
     return save_greedy_eval(scores, inputs.held_out, out)
 
 
-def _validation(initial_dir: Path, final_dir: Path, inputs: Inputs, cfg: Config, run_dir: Path, progress: bool,
-                device: torch.device) -> dict:
-    """``validation.json``: the initial and final policies greedy on the validation prompts, and the paired differences."""
-    out = run_dir / "validation.json"
+def _validation_eval(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
+                     progress: bool, device: torch.device) -> dict:
+    """Greedy evaluation of one policy on the validation prompts: ``out`` (JSON, per-prompt scores, no responses)."""
     if not out.exists():
-        with timed(run_dir, "validation evaluation", None):
-            initial, final = (greedy_eval(*policy_from_config(p, cfg.model, device=device), inputs.task, inputs.validation,
-                                          cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
-                              for p in (initial_dir, final_dir))
-        write_json_atomic(out, {"initial": {k: v for k, v in initial.items() if k != "responses"},
-                                "final": {k: v for k, v in final.items() if k != "responses"},
-                                "difference": differences(initial, final)})
+        with timed(run_dir, "validation evaluation", policy - 1 if policy else None):
+            scores = greedy_eval(*policy_from_config(policy_dir, cfg.model, device=device), inputs.task, inputs.validation,
+                                 cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
+        write_json_atomic(out, {k: v for k, v in scores.items() if k != "responses"})
     return json.loads(out.read_text())
+
+
+def best_on_validation(accuracy: list[float]) -> int:
+    """The iteration (1..S) whose policy scored best on the validation prompts, the earliest of those
+    that tie; ``accuracy[p]`` is policy p's validation accuracy (p = 0: the initial policy, never chosen)."""
+    return accuracy.index(max(accuracy[1:]), 1)
 
 
 def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
@@ -249,13 +251,20 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
     main, device = accelerator.is_main_process, accelerator.device
     pool = inputs.pool
 
-    def evaluate(policy_dir: Path, out: Path, policy: int) -> dict:
-        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, metrics, progress,
-                                                          device))
+    def evaluate(policy_dir: Path, out: Path, validation_out: Path, policy: int) -> tuple[dict, dict | None]:
+        """The policy's held-out evaluation (``out``), and its validation one (``validation_out``; None
+        when the run has no validation prompts)."""
+        held_out = _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, metrics,
+                                                               progress, device))
+        if not inputs.validation:
+            return held_out, None
+        return held_out, _main_first(accelerator, lambda: _validation_eval(
+            policy_dir, inputs, cfg, validation_out, policy, run_dir, progress, device))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
     policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, metrics, device))
-    evals = [evaluate(policy_dir, run_dir / "eval_sft.json", 0)]
+    held_out, validation = evaluate(policy_dir, run_dir / "eval_sft.json", run_dir / "validation_sft.json", 0)
+    evals, validations = [held_out], [validation]
     log(f"[larpo] initial policy: exact accuracy {evals[0]['exact_accuracy']:.3f}, gold reward {evals[0]['gold_reward']:.3f}")
 
     for s in range(cfg.loop.iterations):
@@ -284,15 +293,27 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
                     save_to=d / "policy",
                 )
         policy_dir = d / "policy"
-        evals.append(evaluate(policy_dir, d / "eval.json", s + 1))
-        log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {evals[-1]['exact_accuracy']:.3f}, "
-            f"gold reward {evals[-1]['gold_reward']:.3f}")
+        held_out, validation = evaluate(policy_dir, d / "eval.json", d / "validation.json", s + 1)
+        evals.append(held_out)
+        validations.append(validation)
+        log(f"[larpo] iteration {s + 1}/{cfg.loop.iterations}: exact accuracy {held_out['exact_accuracy']:.3f}, "
+            f"gold reward {held_out['gold_reward']:.3f}"
+            + (f"; validation accuracy {validation['exact_accuracy']:.3f}" if validation else ""))
 
-    summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[-1], "per_policy": evals,
-               "difference": differences(evals[0], evals[-1])}
+    final = cfg.loop.iterations
+    if cfg.loop.select == "validation":
+        final = best_on_validation([v["exact_accuracy"] for v in validations])
+        log(f"[larpo] final policy: iteration {final} (best on the validation prompts)")
+        policy_dir = iteration_dir(run_dir, final - 1) / "policy"
+    summary = {"initial_label": cfg.initial_label, "sft": evals[0], "final": evals[final], "final_policy": final,
+               "per_policy": evals, "difference": differences(evals[0], evals[final])}
     if inputs.validation:  # SFT's stopping prompts, scored apart from the held-out ones
-        summary["validation"] = _main_first(accelerator, lambda: _validation(initial_dir, policy_dir, inputs, cfg, run_dir,
-                                                                             progress, device))
+        block = {"initial": validations[0], "final": validations[final],
+                 "difference": differences(validations[0], validations[final]),
+                 "per_policy": [eval_headline(v) for v in validations]}
+        if main:
+            write_json_atomic(run_dir / "validation.json", block)
+        summary["validation"] = block
     if cfg.eval.samples > 0:  # the initial policy as a retriever, then the final one against it
         summary["retriever"] = {name: retriever_brief(_main_first(accelerator, lambda: _retriever_eval(
             current, baseline, inputs, reranker, cfg, run_dir / f"retriever_eval_{name}.json", progress, device)))
