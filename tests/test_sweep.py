@@ -44,6 +44,8 @@ def test_equal_configs_run_once_and_sft_is_shared_per_seed(finished):
     assert index["same-as-base"] == index["base"]  # SMALL already has train.lr=1e-3
     assert len(list((out / "runs").iterdir())) == 4  # 2 distinct configs x 2 seeds
     assert len(list((out / "sft-cache").iterdir())) == 2  # one SFT per seed, shared by the cells
+    for entry in (out / "sft-cache").iterdir():  # with its evaluations, on held-out and validation prompts
+        assert {p.name for p in entry.iterdir()} == {"sft", "eval_sft.json", "eval_sft.responses.jsonl", "validation_sft.json"}
     assert set(results["cells"]) == {"base", "fast", "same-as-base"}
 
 

@@ -72,7 +72,7 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
     """Seed ``run_dir`` from the SFT cache (``into_run``) or fill the cache from a finished run.
 
     What is shared is the initial policy's work: ``sft/`` when the run builds it, and its
-    evaluations (greedy, its responses, as a retriever) — alone when the run starts from
+    evaluations (greedy on held-out and validation prompts, its responses, as a retriever) — alone when the run starts from
     ``model.path`` as it is.
     """
     entry = cache / sft_key(cfg)
@@ -83,7 +83,8 @@ def _share_sft(cfg: C.Config, run_dir: Path, cache: Path, into_run: bool) -> Non
     dst.mkdir(parents=True, exist_ok=True)
     if builds and not (dst / "sft").exists():
         _copy_tree(src / "sft", dst / "sft")
-    for name in ("eval_sft.responses.jsonl", "retriever_eval_sft.json", "eval_sft.json"):  # the stage marker last
+    for name in ("eval_sft.responses.jsonl", "retriever_eval_sft.json", "validation_sft.json",
+                 "eval_sft.json"):  # the stage marker last
         if (src / name).is_file():
             shutil.copy2(src / name, dst / f"{TMP_PREFIX}{name}.{os.getpid()}")
             os.replace(dst / f"{TMP_PREFIX}{name}.{os.getpid()}", dst / name)
