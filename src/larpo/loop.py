@@ -25,6 +25,7 @@ process writes files; a barrier follows every write, so the others read finished
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import time
 from dataclasses import asdict
@@ -161,29 +162,26 @@ def _separate_reference_logps(
                            cfg.train.ref_batch_size, accelerator, shared_prompt=cfg.train.shared_prompt)
 
 
-def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
-              metrics: MetricsLog, progress: bool, device: torch.device) -> dict:
-    """Greedy held-out evaluation of one policy on ``device``: ``out`` (JSON) and its responses beside it (JSON lines)."""
-    if out.exists():
-        return json.loads(out.read_text())
-    with timed(run_dir, "greedy evaluation", policy - 1 if policy else None):  # after iteration policy - 1
-        model, tokenizer = policy_from_config(policy_dir, cfg.model, device=device)
-        scores = greedy_eval(model, tokenizer, inputs.task, inputs.held_out, cfg.sampling.max_new_tokens,
-                             cfg.eval.batch_size, progress)
-    row = {"stage": "eval", "policy": policy, **eval_headline(scores)}
-    metrics.write(row, replaces=lambda r: r.get("stage") == "eval" and r.get("policy") == policy)
-    return save_greedy_eval(scores, inputs.held_out, out)
-
-
-def _validation_eval(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, policy: int, run_dir: Path,
-                     progress: bool, device: torch.device) -> dict:
-    """Greedy evaluation of one policy on the validation prompts: ``out`` (JSON, per-prompt scores, no responses)."""
+def _evaluate(policy_dir: Path, inputs: Inputs, cfg: Config, out: Path, validation_out: Path, policy: int,
+              run_dir: Path, metrics: MetricsLog, progress: bool, device: torch.device) -> tuple[dict, dict | None]:
+    """Greedy evaluation of one policy on ``device``, the policy loaded once for both splits: held-out
+    (``out``, JSON, and its responses beside it, JSON lines) and validation (``validation_out``, JSON,
+    per-prompt scores without responses; None when the run has no validation prompts)."""
+    load = functools.cache(lambda: policy_from_config(policy_dir, cfg.model, device=device))
+    iteration = policy - 1 if policy else None  # the evaluation follows iteration policy - 1
     if not out.exists():
-        with timed(run_dir, "validation evaluation", policy - 1 if policy else None):
-            scores = greedy_eval(*policy_from_config(policy_dir, cfg.model, device=device), inputs.task, inputs.validation,
-                                 cfg.sampling.max_new_tokens, cfg.eval.batch_size, progress)
-        write_json_atomic(out, {k: v for k, v in scores.items() if k != "responses"})
-    return json.loads(out.read_text())
+        with timed(run_dir, "greedy evaluation", iteration):
+            scores = greedy_eval(*load(), inputs.task, inputs.held_out, cfg.sampling.max_new_tokens, cfg.eval.batch_size,
+                                 progress)
+        metrics.write({"stage": "eval", "policy": policy, **eval_headline(scores)},
+                      replaces=lambda r: r.get("stage") == "eval" and r.get("policy") == policy)
+        save_greedy_eval(scores, inputs.held_out, out)
+    if inputs.validation and not validation_out.exists():
+        with timed(run_dir, "validation evaluation", iteration):
+            scores = greedy_eval(*load(), inputs.task, inputs.validation, cfg.sampling.max_new_tokens, cfg.eval.batch_size,
+                                 progress)
+        write_json_atomic(validation_out, {k: v for k, v in scores.items() if k != "responses"})
+    return json.loads(out.read_text()), json.loads(validation_out.read_text()) if inputs.validation else None
 
 
 def best_on_validation(accuracy: list[float]) -> int:
@@ -206,7 +204,7 @@ def _retriever_eval(policy_dir: Path, baseline_dir: Path | None, inputs: Inputs,
 
 
 def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
-    """Build (or load) and warm up the initial policy; return its held-out evaluation."""
+    """Build (or load) and warm up the initial policy, evaluate it (held-out and validation prompts); return the held-out evaluation."""
     run_dir = Path(run_dir)
     accelerator = make_accelerator(cfg.train, cfg.threads, cfg.trackers, run_dir / TRACKER_DIR)
     inputs = check_inputs(cfg, log)
@@ -214,8 +212,9 @@ def run_sft_only(cfg: Config, run_dir: str | Path, progress: bool = True, log: C
         prepare_run_dir(cfg, run_dir, log)
         with tracked(cfg, run_dir, accelerator, log) as metrics:
             policy_dir = initial_policy(cfg, inputs, run_dir, progress, metrics, accelerator.device)
-            return _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", 0, run_dir, metrics, progress,
-                             accelerator.device)
+            held_out, _ = _evaluate(policy_dir, inputs, cfg, run_dir / "eval_sft.json", run_dir / "validation_sft.json", 0,
+                                    run_dir, metrics, progress, accelerator.device)
+            return held_out
 
 
 def run(cfg: Config, run_dir: str | Path, progress: bool = True, log: Callable[[str], None] = print) -> dict:
@@ -252,14 +251,8 @@ def _algorithm(cfg: Config, inputs: Inputs, reranker: Reranker, run_dir: Path, a
     pool = inputs.pool
 
     def evaluate(policy_dir: Path, out: Path, validation_out: Path, policy: int) -> tuple[dict, dict | None]:
-        """The policy's held-out evaluation (``out``), and its validation one (``validation_out``; None
-        when the run has no validation prompts)."""
-        held_out = _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, policy, run_dir, metrics,
-                                                               progress, device))
-        if not inputs.validation:
-            return held_out, None
-        return held_out, _main_first(accelerator, lambda: _validation_eval(
-            policy_dir, inputs, cfg, validation_out, policy, run_dir, progress, device))
+        return _main_first(accelerator, lambda: _evaluate(policy_dir, inputs, cfg, out, validation_out, policy, run_dir,
+                                                          metrics, progress, device))
 
     log(f"[larpo] run directory: {run_dir}" + (f" ({accelerator.num_processes} processes)" if accelerator.num_processes > 1 else ""))
     policy_dir = initial_dir = _main_first(accelerator, lambda: initial_policy(cfg, inputs, run_dir, progress, metrics, device))
